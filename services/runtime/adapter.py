@@ -1,0 +1,65 @@
+"""The contract between the runtime and a model: load, warm up, infer a list, close.
+
+Like Triton's Python-backend `model.py` or KServe's `Model`: an adapter owns only the model. It never sees
+gRPC, queues, threads or health. `infer` maps a list of items to a list of results of the same length and
+order; a per-item problem goes into that item's slot as an exception (e.g. InvalidInput), and anything
+raised fails the whole call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+from pydantic import BaseModel
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+class ModelAdapter(ABC, Generic[ConfigT, ItemT, ResultT]):
+    """Subclass per model. The runtime calls load() once, warmup() once, then infer() on its model thread."""
+
+    def __init__(self, config: ConfigT, device: str) -> None:
+        self.config = config
+        self.device = device
+
+    @classmethod
+    def memory_need_mb(cls, config: ConfigT, batch_size: int) -> int:
+        """GPU memory the model needs at `batch_size` (weights + activations); checked before loading."""
+        return 0
+
+    @abstractmethod
+    def load(self) -> None:
+        """Build the model and read its weights. Raise ConfigError for missing or unusable files."""
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Run one representative inference so the first request is not slow."""
+
+    @abstractmethod
+    def infer(self, items: list[ItemT]) -> list[ResultT | Exception]:
+        """Run the model on `items` (already validated). Results hold host (numpy) data only."""
+
+    def info(self) -> dict[str, Any]:
+        """Fields for ModelInfo: model, backend, checkpoint, checkpoint_sha256, architecture, details."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what load() took."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service folder registers (entry point group `modelyard.services`)."""
+
+    name: str  # the CLI name, e.g. "medsam"
+    proto_service: str  # the full gRPC service name, e.g. "modelyard.v1.MedSAM"
+    config_schema: type[BaseModel]  # the `model:` section of the YAML
+    adapter: type[ModelAdapter[Any, Any, Any]]
+    # Builds the servicer from the model host and adds it to the server (the generated add_*_to_server).
+    make_servicer: Callable[[Any], object]
+    add_to_server: Callable[[Any, grpc.Server], None]

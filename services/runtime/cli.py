@@ -1,0 +1,76 @@
+"""The `modelyard` command. `serve` belongs to the runtime; other packages add their commands through the
+entry-point group `modelyard.commands` (a function that adds a subparser)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from modelyard.runtime import __version__
+
+COMMANDS_GROUP = "modelyard.commands"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from modelyard.runtime.errors import ConfigError
+    from modelyard.runtime.registry import load_service
+    from modelyard.runtime.server import serve
+
+    try:
+        spec = load_service(args.service)
+    except ConfigError as exc:
+        print(f"modelyard serve: {exc.message}", file=sys.stderr)
+        return 2
+    return serve(spec, args.config, args.port, args.metrics_port, args.bind)
+
+
+def _services(args: argparse.Namespace) -> int:
+    from modelyard.runtime.registry import service_names
+
+    print("\n".join(service_names()))
+    return 0
+
+
+def _gpus(args: argparse.Namespace) -> int:
+    from modelyard.runtime.devices import read_gpus
+
+    snapshot = read_gpus()
+    print(snapshot.reason)
+    for g in snapshot.gpus:
+        print(f"GPU {g.index} {g.name}: {g.used_mb}/{g.total_mb} MiB used, {g.free_mb} MiB free, {g.utilization_pct}% busy")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelyard", description="Serve and orchestrate vision models.")
+    parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run one model service (gRPC)")
+    serve.add_argument("service", help="service name, e.g. medsam (see `modelyard services`)")
+    serve.add_argument("--config", help="YAML config (default: $MODELYARD_CONFIG)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051)")
+    serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (default: off)")
+    serve.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.set_defaults(func=_serve)
+
+    services = sub.add_parser("services", help="list the registered model services")
+    services.set_defaults(func=_services)
+
+    gpus = sub.add_parser("gpus", help="show what NVML sees: GPUs, memory, utilisation")
+    gpus.set_defaults(func=_gpus)
+
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

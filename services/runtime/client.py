@@ -1,0 +1,118 @@
+"""Client side of a service: channels with the right limits, readiness waits, request ids, shared memory."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelyard.runtime.arrays import SharedRegion, numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.devices import MIB
+from modelyard.v1 import types_pb2
+
+REQUEST_ID = "x-request-id"
+
+
+def channel(address: str, max_message_mb: int = 64) -> grpc.Channel:
+    return grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", 2 * max_message_mb * MIB),
+            ("grpc.max_receive_message_length", 2 * max_message_mb * MIB),
+        ],
+    )
+
+
+def wait_until_serving(chan: grpc.Channel, service: str = "", timeout: float = 120.0) -> None:
+    """Block until grpc.health.v1 says SERVING, or raise TimeoutError with the last status seen."""
+    stub = health_pb2_grpc.HealthStub(chan)
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        except grpc.RpcError as exc:
+            last = f"{exc.code().name}: {exc.details()}"
+        time.sleep(0.1)
+    raise TimeoutError(f"service '{service or 'server'}' not SERVING after {timeout:.0f}s (last: {last})")
+
+
+def request_metadata(request_id: str | None = None) -> tuple[tuple[str, str], ...]:
+    return ((REQUEST_ID, request_id or uuid.uuid4().hex),)
+
+
+class SharedMemoryClient:
+    """Shared-memory fast path for one peer: probes once, then reuses an input and an output region.
+
+    Falls back to inline bytes when the peer cannot open this host's regions (another host, no shared volume).
+    """
+
+    def __init__(self, info: Callable[[types_pb2.InfoRequest], types_pb2.ModelInfo], shm_dir: Path) -> None:
+        self._shm_dir = shm_dir
+        self._input: SharedRegion | None = None
+        self._output: SharedRegion | None = None
+        self.enabled = self._probe(info)
+
+    def _probe(self, info: Callable[[types_pb2.InfoRequest], types_pb2.ModelInfo]) -> bool:
+        if not self._shm_dir.is_dir():
+            return False
+        token = secrets.token_bytes(16)
+        with SharedRegion.create(len(token), self._shm_dir) as probe:
+            probe.write(0, np.frombuffer(token, dtype=np.uint8))
+            try:
+                return info(types_pb2.InfoRequest(shared_memory_probe=probe.name, shared_memory_token=token)).shared_memory_ok
+            except grpc.RpcError:
+                return False
+
+    def _region(self, current: SharedRegion | None, size: int) -> SharedRegion:
+        if current is not None and current.size >= size:
+            return current
+        if current is not None:
+            current.close()
+        return SharedRegion.create(max(size, 1 << 20), self._shm_dir)
+
+    def tensor(self, array: np.ndarray) -> types_pb2.Tensor:
+        """The array as a Tensor: in the shared input region when enabled, inline otherwise."""
+        if not self.enabled:
+            return numpy_to_tensor(array)
+        array = np.ascontiguousarray(array)
+        self._input = self._region(self._input, array.nbytes)
+        self._input.write(0, array)
+        return types_pb2.Tensor(
+            shared=types_pb2.SharedArray(region=self._input.name, offset=0, dtype=array.dtype.name, shape=array.shape)
+        )
+
+    def output_region(self, capacity: int) -> types_pb2.OutputRegion:
+        if not self.enabled:
+            return types_pb2.OutputRegion()
+        self._output = self._region(self._output, capacity)
+        return types_pb2.OutputRegion(region=self._output.name, offset=0, capacity=self._output.size)
+
+    def read(self, msg: types_pb2.Tensor) -> np.ndarray:
+        """A result Tensor as an array (copied out of the output region, so the region can be reused)."""
+        if msg.WhichOneof("payload") == "shared":
+            assert self._output is not None and msg.shared.region == self._output.name
+            return self._output.view(msg.shared.offset, np.dtype(msg.shared.dtype), tuple(msg.shared.shape)).copy()
+        return tensor_to_numpy(msg, self._shm_dir)
+
+    def close(self) -> None:
+        for region in (self._input, self._output):
+            if region is not None:
+                region.close()
+        self._input = self._output = None
+
+    def __enter__(self) -> SharedMemoryClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,144 @@
+"""Service config: YAML validated once at start-up by a schema that rejects unknown keys by name.
+
+A service's YAML has two sections:
+
+    model:    # the adapter's own schema (checkpoint, architecture, ...)
+    runtime:  # RuntimeConfig below: device, memory, batching, queue, message size
+
+Paths in `model` are resolved against the config file's folder (never the working directory) and must exist.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Generic, TypeVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from modelyard.runtime.errors import ConfigError
+from modelyard.runtime.paths import existing_dir, existing_file, explain_missing
+
+CONFIG_ENV = "MODELYARD_CONFIG"
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    return (info.context or {}).get("base_dir")
+
+
+def _file(value: Path, info: ValidationInfo) -> Path:
+    try:
+        return existing_file(value, _base_dir(info), "file")
+    except ConfigError as exc:  # a ValueError lets pydantic report every problem at once
+        raise ValueError(exc.message) from None
+
+
+def _dir(value: Path, info: ValidationInfo) -> Path:
+    try:
+        return existing_dir(value, _base_dir(info), "folder")
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+
+
+# Use in a model schema for paths that must exist; relative values resolve against the config's folder.
+ExistingFile = Annotated[Path, AfterValidator(_file)]
+ExistingDir = Annotated[Path, AfterValidator(_dir)]
+
+
+class RuntimeConfig(Strict):
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (in a container the pinned GPU is cuda:0)")
+    memory_need_mb: int | None = Field(
+        None, ge=0, description="GPU memory the model needs at max_batch_size; None = the adapter's estimate"
+    )
+    memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="cap this process at a fraction of the GPU so neighbours stay safe"
+    )
+    max_batch_size: int = Field(8, ge=1, description="items per model call; halved on out-of-memory")
+    batch_wait_ms: float = Field(0.0, ge=0, description="wait this long to gather concurrent requests into a batch")
+    queue_size: int = Field(64, ge=1, description="requests waiting for the model; beyond it RESOURCE_EXHAUSTED")
+    probe_up_after: int = Field(100, ge=1, description="successful calls before trying a larger batch after OOM")
+    max_message_mb: int = Field(64, ge=1, description="largest gRPC message accepted or sent")
+    grpc_threads: int = Field(16, ge=2, description="threads serving gRPC calls (the model runs on its own thread)")
+    warmup: bool = Field(True, description="run a warm-up inference before reporting SERVING")
+    drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight calls may finish")
+    shared_memory_dir: Path = Field(Path("/dev/shm"), description="where shared-memory regions live")
+    data_root: Path | None = Field(None, description="the data volume that data references are relative to")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.match(value):
+            raise ValueError(f"device '{value}' is not one of auto, cpu, cuda, cuda:N")
+        return value
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ServiceConfig(Strict, Generic[M]):
+    model: M
+    runtime: RuntimeConfig = RuntimeConfig()
+    source: Path | None = Field(None, exclude=True, description="the file this config was read from")
+
+
+def _describe(error: dict[str, Any], schema: type[BaseModel], data: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(schema, error["loc"][:-1])
+        hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        suggestion = f" — did you mean '{hint[0]}'?" if hint else ""
+        return f"unknown key '{where}'{suggestion} (known here: {', '.join(known)})"
+    if error["type"] == "missing":
+        return f"missing required key '{where}'"
+    if error["type"] == "value_error":
+        return f"'{where}': {error['ctx']['error']}"
+    return f"'{where}': {error['msg']} (got {error.get('input')!r})"
+
+
+def _known_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = schema
+    for part in loc:
+        field = current.model_fields.get(str(part)) if isinstance(current, type) else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        current = field.annotation
+    return sorted(current.model_fields)
+
+
+def parse_config(data: dict[str, Any], model_schema: type[M], base_dir: Path | None, source: str) -> ServiceConfig[M]:
+    """Validate a config mapping; every problem is listed in one ConfigError."""
+    schema = ServiceConfig[model_schema]  # type: ignore[valid-type]
+    try:
+        config = schema.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [_describe(e, schema, data) for e in exc.errors()]  # type: ignore[arg-type]
+        raise ConfigError(f"invalid config {source}:\n  - " + "\n  - ".join(problems)) from None
+    return config
+
+
+def load_config(path: str | Path | None, model_schema: type[M]) -> ServiceConfig[M]:
+    """Read and validate a service's YAML config (path from the argument or $MODELYARD_CONFIG)."""
+    raw = str(path) if path else os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise ConfigError(f"no config given: pass --config PATH or set {CONFIG_ENV}")
+    file = Path(raw).expanduser().absolute()
+    if not file.is_file():
+        raise ConfigError(explain_missing(raw, file, "config file"))
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {file} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {file} must be a mapping with 'model:' and 'runtime:' sections")
+    config = parse_config(data, model_schema, file.parent, str(file))
+    return config.model_copy(update={"source": file})

@@ -1,0 +1,76 @@
+"""Echo: the runtime's reference service, a no-op model that returns its input after an optional delay.
+
+It measures what serving itself costs (bench/) and lets tests exercise queueing, cancellation and draining
+without a real model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from pydantic import Field
+
+from modelyard.runtime.adapter import ModelAdapter, ServiceSpec
+from modelyard.runtime.arrays import OutputWriter, numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.config import Strict
+from modelyard.runtime.errors import InvalidInput
+from modelyard.runtime.host import ModelHost
+from modelyard.v1 import echo_pb2, echo_pb2_grpc, types_pb2
+
+
+class EchoConfig(Strict):
+    max_delay_seconds: float = Field(10.0, ge=0, description="longest delay a request may ask for")
+
+
+@dataclass
+class EchoItem:
+    array: np.ndarray
+    delay_seconds: float
+
+
+class EchoAdapter(ModelAdapter[EchoConfig, EchoItem, np.ndarray]):
+    def load(self) -> None:
+        pass
+
+    def infer(self, items: list[EchoItem]) -> list[np.ndarray | Exception]:
+        time.sleep(max(item.delay_seconds for item in items))
+        return [item.array for item in items]
+
+    def info(self) -> dict[str, Any]:
+        return {"model": "echo (no-op)", "backend": "modelyard.runtime"}
+
+
+class EchoServicer(echo_pb2_grpc.EchoServicer):
+    def __init__(self, host: ModelHost) -> None:
+        self.host = host
+
+    def Echo(self, request: echo_pb2.EchoRequest, context: grpc.ServicerContext) -> echo_pb2.EchoResponse:
+        limit = self.host.config.model.max_delay_seconds
+        if not 0 <= request.delay_seconds <= limit:
+            raise InvalidInput(f"delay_seconds must be within [0, {limit}], got {request.delay_seconds}")
+        shm = self.host.runtime.shared_memory_dir
+        array = tensor_to_numpy(request.array, shm)
+        (result,) = self.host.run([EchoItem(array, request.delay_seconds)], context)
+        out = OutputWriter.optional(request.output_region, shm)
+        try:
+            return echo_pb2.EchoResponse(array=numpy_to_tensor(result, out))
+        finally:
+            if out is not None:
+                out.close()
+
+    def Info(self, request: types_pb2.InfoRequest, context: grpc.ServicerContext) -> types_pb2.ModelInfo:
+        return self.host.info(request)
+
+
+SERVICE = ServiceSpec(
+    name="echo",
+    proto_service="modelyard.v1.Echo",
+    config_schema=EchoConfig,
+    adapter=EchoAdapter,
+    make_servicer=EchoServicer,
+    add_to_server=echo_pb2_grpc.add_EchoServicer_to_server,
+)

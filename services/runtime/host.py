@@ -1,0 +1,195 @@
+"""The model host: one adapter behind the scheduler and governor, with the service's readiness state.
+
+Servicers call `host.run(items, context)`; they never touch the model directly.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import resource
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2
+
+from modelyard.runtime import __version__
+from modelyard.runtime.adapter import ModelAdapter, ServiceSpec
+from modelyard.runtime.arrays import SharedRegion
+from modelyard.runtime.config import ServiceConfig
+from modelyard.runtime.devices import device_memory, select_device
+from modelyard.runtime.errors import Cancelled, DeadlineExceeded, FatalModelError, InvalidInput, NotReady
+from modelyard.runtime.governor import MemoryGovernor
+from modelyard.runtime.metrics import ServiceMetrics
+from modelyard.runtime.scheduler import Scheduler
+from modelyard.v1 import types_pb2
+
+log = logging.getLogger("modelyard.runtime")
+
+
+class State(str, Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    BROKEN = "broken"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rss_bytes() -> int:
+    """Current resident set size (not the peak)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class ModelHost:
+    def __init__(self, spec: ServiceSpec, config: ServiceConfig[Any], metrics: ServiceMetrics) -> None:
+        self.spec = spec
+        self.config = config
+        self.runtime = config.runtime
+        self.metrics = metrics
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.state = State.LOADING
+        self.device = "cpu"
+        self.adapter: ModelAdapter[Any, Any, Any] | None = None
+        self.governor: MemoryGovernor | None = None
+        self.scheduler: Scheduler | None = None
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Choose the device, load, warm up, then report SERVING. Raises ConfigError with what to fix."""
+        started = time.monotonic()
+        need = self.runtime.memory_need_mb
+        if need is None:
+            need = self.spec.adapter.memory_need_mb(self.config.model, self.runtime.max_batch_size)
+        self.device = select_device(self.runtime.device, need, self.runtime.memory_fraction, self.spec.name)
+        self.metrics.device[0] = self.device
+        adapter = self.spec.adapter(self.config.model, self.device)
+        adapter.load()
+        self.adapter = adapter
+        self.governor = MemoryGovernor(
+            self.device, self.runtime.max_batch_size, self.runtime.probe_up_after, self.metrics.observe_backoff
+        )
+        if self.runtime.warmup:
+            self.governor.run(lambda _: (adapter.warmup(), [None])[1], [None])
+        self.scheduler = Scheduler(
+            adapter.infer,
+            self.governor,
+            queue_size=self.runtime.queue_size,
+            max_batch_size=self.runtime.max_batch_size,
+            batch_wait_ms=self.runtime.batch_wait_ms,
+            on_batch=self.metrics.observe_batch,
+            on_fatal=self.mark_broken,
+        )
+        self.scheduler.start()
+        self.state = State.READY
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={"fields": {"service": self.spec.name, "device": self.device, "load_s": time.monotonic() - started}},
+        )
+
+    def drain(self) -> None:
+        """Stop taking new calls (health NOT_SERVING); in-flight ones finish."""
+        if self.state == State.READY:
+            self.state = State.DRAINING
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def close(self) -> None:
+        if self.scheduler:
+            self.scheduler.stop(timeout=5)
+        if self.adapter:
+            self.adapter.close()
+
+    def mark_broken(self, exc: BaseException) -> None:
+        log.error("fatal model error, reporting NOT_SERVING so the orchestrator restarts me: %s", exc)
+        self.state = State.BROKEN
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _set_health(self, status: int) -> None:
+        self.health.set("", status)
+        self.health.set(self.spec.proto_service, status)
+
+    # -- requests -------------------------------------------------------------------------------------
+    def run(self, items: list[Any], context: grpc.ServicerContext) -> list[Any]:
+        """Queue `items` for the model and wait for their results, honouring the caller's deadline."""
+        if self.state != State.READY or self.scheduler is None:
+            raise NotReady(f"{self.spec.name} is {self.state.value}; retry shortly or on another replica")
+        if not items:
+            raise InvalidInput("the request holds no items")
+        self.metrics.queue_depth.labels(self.spec.name).set(self.scheduler.depth)
+        future = self.scheduler.submit(items, context.is_active)
+        results = self._wait(future, context)
+        for index, result in enumerate(results):
+            if isinstance(result, Exception):
+                if isinstance(result, InvalidInput) and len(results) > 1:
+                    raise InvalidInput(f"item {index}: {result.message}")
+                raise result
+        return results
+
+    @staticmethod
+    def _wait(future: concurrent.futures.Future[list[Any]], context: grpc.ServicerContext) -> list[Any]:
+        """Wait for the model, giving up when the caller cancels or its deadline passes (the model thread
+        then drops the work, or stops it between batches)."""
+        remaining = context.time_remaining()
+        deadline = None if remaining is None or remaining > 1e8 else time.monotonic() + remaining
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded("the deadline passed before the model finished; the work was stopped")
+            if not context.is_active():
+                raise Cancelled("the call was cancelled; the work was stopped")
+
+    def info(self, request: types_pb2.InfoRequest) -> types_pb2.ModelInfo:
+        details = self.adapter.info() if self.adapter else {}
+        mem = device_memory(self.device)
+        arch = details.pop("architecture", {})
+        extra = {str(k): str(v) for k, v in details.pop("details", {}).items()}
+        extra["state"] = self.state.value
+        return types_pb2.ModelInfo(
+            service=self.spec.name,
+            device=self.device,
+            architecture=json.dumps(arch, sort_keys=True, default=str),
+            gpu_memory_allocated_bytes=mem["allocated"],
+            gpu_memory_reserved_bytes=mem["reserved"],
+            rss_bytes=rss_bytes(),
+            max_batch_size=self.runtime.max_batch_size,
+            fitted_batch_size=self.governor.fitted_batch_size if self.governor else 0,
+            shared_memory_ok=self._probe_shared_memory(request),
+            version=__version__,
+            details=extra,
+            **{k: str(v) for k, v in details.items()},
+        )
+
+    def _probe_shared_memory(self, request: types_pb2.InfoRequest) -> bool:
+        if not request.shared_memory_probe:
+            return False
+        try:
+            with SharedRegion.attach(self.runtime.shared_memory_dir, request.shared_memory_probe) as region:
+                token = request.shared_memory_token
+                data = region.view(0, np.dtype("uint8"), (len(token),)).tobytes()
+                return data == token
+        except Exception:
+            return False
+
+
+__all__ = ["FatalModelError", "ModelHost", "State", "sha256_of"]

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one service, in their own registry, served on their own port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from modelyard.runtime.devices import device_memory
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _GpuMemoryCollector(Collector):
+    """Reads GPU memory at scrape time, so the numbers are never stale."""
+
+    def __init__(self, service: str, device: list[str]) -> None:
+        self._service = service
+        self._device = device  # a one-element holder: the device is known only after load
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        device = self._device[0]
+        if not device.startswith("cuda"):
+            return
+        mem = device_memory(device)
+        for name, key, doc in (
+            ("modelyard_gpu_memory_used_bytes", "allocated", "GPU memory allocated by this service"),
+            ("modelyard_gpu_memory_reserved_bytes", "reserved", "GPU memory reserved by this service's allocator"),
+            ("modelyard_gpu_memory_total_bytes", "total", "total memory of the service's GPU"),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["service", "device"])
+            family.add_metric([self._service, device], mem[key])
+            yield family
+
+
+class ServiceMetrics:
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.device = ["cpu"]
+        self.latency = Histogram(
+            "modelyard_request_seconds", "request latency", ["service", "method", "code"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "modelyard_queue_wait_seconds", "time from enqueue to model start", ["service"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "modelyard_batch_size", "items per model call", ["service"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry,
+        )  # fmt: skip
+        self.oom_backoffs = Counter(
+            "modelyard_oom_backoffs", "out-of-memory batch halvings", ["service"], registry=self.registry
+        )
+        self.queue_depth = Gauge("modelyard_queue_depth", "requests waiting", ["service"], registry=self.registry)
+        self.registry.register(_GpuMemoryCollector(service, self.device))
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)
+
+    def observe_batch(self, items: int, waited_s: float) -> None:
+        self.batch_size.labels(self.service).observe(items)
+        self.queue_wait.labels(self.service).observe(waited_s)
+
+    def observe_backoff(self, _from: int, _to: int) -> None:
+        self.oom_backoffs.labels(self.service).inc()

@@ -1,0 +1,126 @@
+"""Path resolution with errors that say what was looked for and why it is not there.
+
+The seed pipeline lost a day to a config path that existed on the host but was never mounted into the
+container; every "not found" here says whether that is what happened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from modelyard.runtime.errors import ConfigError, InvalidInput
+
+# Mount points that are part of every container, not volumes a user mounted.
+_SYSTEM_MOUNTS = ("/", "/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run")
+_HOST_ONLY_PREFIXES = ("/home/", "/Users/", "/mnt/", "/media/", "/Volumes/", "/scratch/", "/nfs/")
+
+
+def in_container() -> bool:
+    """True inside a Docker/Podman container or a Kubernetes pod (MODELYARD_IN_CONTAINER overrides)."""
+    forced = os.environ.get("MODELYARD_IN_CONTAINER")
+    if forced is not None:
+        return forced.lower() in ("1", "true", "yes")
+    return (
+        Path("/.dockerenv").exists()
+        or Path("/run/.containerenv").exists()
+        or "KUBERNETES_SERVICE_HOST" in os.environ
+    )
+
+
+def user_mounts() -> list[str]:
+    """Mount points that look like volumes (not the container's own system mounts)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    points = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = fields[4]
+        if any(point == m or (m != "/" and point.startswith(m + "/")) for m in _SYSTEM_MOUNTS):
+            continue
+        points.append(point)
+    return sorted(set(points))
+
+
+def looks_like_host_path(raw: str) -> bool:
+    """A path written for the host: a Windows drive, a home folder, or a top folder this filesystem lacks."""
+    if PureWindowsPath(raw).drive:
+        return True
+    posix = PurePosixPath(raw)
+    if not posix.is_absolute():
+        return False
+    if raw.startswith(_HOST_ONLY_PREFIXES):
+        return True
+    top = posix.parts[1] if len(posix.parts) > 1 else ""
+    return bool(top) and not Path("/", top).exists()
+
+
+def explain_missing(raw: str, resolved: Path, what: str, base: Path | None = None) -> str:
+    """A message naming the missing path, how it was resolved, and the likely cause."""
+    parts = [f"{what} not found: {resolved}"]
+    if base is not None and not Path(raw).is_absolute():
+        parts.append(f"('{raw}' is relative, so it was resolved against the config file's folder {base})")
+    if in_container() and looks_like_host_path(raw):
+        mounts = ", ".join(user_mounts()) or "none"
+        parts.append(
+            f"— this looks like a path on the host that was never mounted into this container "
+            f"(mounted volumes here: {mounts}). Mount its folder as a volume and use the path inside "
+            "the container (e.g. /config/..., /models/..., /data/...)"
+        )
+    else:
+        parent = resolved.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        try:
+            entries = sorted(p.name for p in parent.iterdir())[:12]
+            parts.append(f"— the nearest existing folder is {parent}, holding: {', '.join(entries) or '(empty)'}")
+        except OSError:
+            pass
+    return " ".join(parts)
+
+
+def resolve_path(raw: str | Path, base: Path | None) -> Path:
+    """Expand ~ and resolve a relative path against `base` (the config file's folder), never the cwd."""
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        if base is None:
+            raise ConfigError(f"relative path '{raw}' has no config folder to resolve against; use an absolute path")
+        path = base / path
+    return path
+
+
+def existing_file(raw: str | Path, base: Path | None, what: str) -> Path:
+    path = resolve_path(raw, base)
+    if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"{what} must be a file, but {path} is a folder")
+        raise ConfigError(explain_missing(str(raw), path, what, base))
+    return path
+
+
+def existing_dir(raw: str | Path, base: Path | None, what: str) -> Path:
+    path = resolve_path(raw, base)
+    if not path.is_dir():
+        raise ConfigError(explain_missing(str(raw), path, what, base))
+    return path
+
+
+def confined(root: Path, relative: str) -> Path:
+    """Resolve a data reference under `root`, refusing absolute paths, `..` and symlink escapes."""
+    if not relative:
+        raise InvalidInput("data reference is empty: give a path relative to the data volume")
+    if Path(relative).is_absolute() or PureWindowsPath(relative).drive:
+        raise InvalidInput(
+            f"data reference '{relative}' is absolute: give a path relative to the data volume ({root})"
+        )
+    root_real = root.resolve()
+    target = (root_real / relative).resolve()
+    if not target.is_relative_to(root_real):
+        raise InvalidInput(f"data reference '{relative}' escapes the data volume {root}: stay inside it")
+    if not target.exists():
+        raise InvalidInput(f"data reference '{relative}' does not exist under the data volume {root}")
+    return target
