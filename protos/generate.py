@@ -1,7 +1,7 @@
 """Generate the Python gRPC stubs from protos/modelyard/v1/*.proto (never edit the stubs by hand).
 
-    python protos/generate.py           # regenerate in place
-    python protos/generate.py --check   # exit 1 when the committed stubs are stale
+python protos/generate.py           # regenerate in place
+python protos/generate.py --check   # exit 1 when the committed stubs are stale
 """
 
 from __future__ import annotations

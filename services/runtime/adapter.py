@@ -37,7 +37,7 @@ class ModelAdapter(ABC, Generic[ConfigT, ItemT, ResultT]):
     def load(self) -> None:
         """Build the model and read its weights. Raise ConfigError for missing or unusable files."""
 
-    def warmup(self) -> None:  # noqa: B027 - optional hook
+    def warmup(self) -> None:
         """Run one representative inference so the first request is not slow."""
 
     @abstractmethod
@@ -48,7 +48,7 @@ class ModelAdapter(ABC, Generic[ConfigT, ItemT, ResultT]):
         """Fields for ModelInfo: model, backend, checkpoint, checkpoint_sha256, architecture, details."""
         return {}
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release what load() took."""
 
 

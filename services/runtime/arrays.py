@@ -8,6 +8,7 @@ regions, so a crashed server leaks nothing; the caller unlinks its regions when 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mmap
 import os
@@ -91,10 +92,8 @@ class SharedRegion:
 
     def close(self) -> None:
         if self._map is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a numpy view still exists; the mapping goes with it
                 self._map.close()
-            except BufferError:  # a numpy view still exists; the mapping goes with it
-                pass
             self._map = None
         if self._owner:
             self.path.unlink(missing_ok=True)
@@ -208,7 +207,8 @@ def _decode_bytes(data: bytes, max_pixels: int, what: str) -> np.ndarray:
     if not data:
         raise InvalidInput(f"{what}: no bytes were sent")
     try:
-        with PILImage.open(io.BytesIO(data)) as img:
+        with PILImage.open(io.BytesIO(data)) as opened:
+            img: PILImage.Image = opened
             if img.width * img.height > max_pixels:
                 raise InvalidInput(
                     f"{what}: {img.width}x{img.height} is over this service's limit of {max_pixels} pixels "

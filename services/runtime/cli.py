@@ -39,7 +39,10 @@ def _gpus(args: argparse.Namespace) -> int:
     snapshot = read_gpus()
     print(snapshot.reason)
     for g in snapshot.gpus:
-        print(f"GPU {g.index} {g.name}: {g.used_mb}/{g.total_mb} MiB used, {g.free_mb} MiB free, {g.utilization_pct}% busy")
+        print(
+            f"GPU {g.index} {g.name}: {g.used_mb}/{g.total_mb} MiB used, {g.free_mb} MiB free, "
+            f"{g.utilization_pct}% busy"
+        )
     return 0
 
 

@@ -70,7 +70,9 @@ class SharedMemoryClient:
         with SharedRegion.create(len(token), self._shm_dir) as probe:
             probe.write(0, np.frombuffer(token, dtype=np.uint8))
             try:
-                return info(types_pb2.InfoRequest(shared_memory_probe=probe.name, shared_memory_token=token)).shared_memory_ok
+                return info(
+                    types_pb2.InfoRequest(shared_memory_probe=probe.name, shared_memory_token=token)
+                ).shared_memory_ok
             except grpc.RpcError:
                 return False
 

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from modelyard.runtime.errors import ConfigError
 from modelyard.runtime.paths import existing_dir, existing_file, explain_missing
@@ -106,9 +114,9 @@ def _describe(error: dict[str, Any], schema: type[BaseModel], data: Any) -> str:
 
 
 def _known_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: Any = schema
+    current: Any = schema  # walks down nested config sections
     for part in loc:
-        field = current.model_fields.get(str(part)) if isinstance(current, type) else None
+        field = current.model_fields.get(str(part))
         if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
             return []
         current = field.annotation

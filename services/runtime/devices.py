@@ -7,6 +7,7 @@ plainly instead of crashing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -76,10 +77,8 @@ def read_gpus() -> GpuSnapshot:
     except pynvml.NVMLError as exc:
         return GpuSnapshot(False, f"NVML failed while reading GPUs: {exc}")
     finally:
-        try:
+        with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def plan_device(
@@ -118,7 +117,11 @@ def plan_device(
             )
     gpu = cuda_gpus[index]
     if gpu is None:
-        log.warning("cannot read free memory of cuda:%d (%s); loading without the memory check", index, snapshot.reason)
+        log.warning(
+            "cannot read free memory of cuda:%d (%s); loading without the memory check",
+            index,
+            snapshot.reason,
+        )
     elif gpu.free_mb < need_mb:
         raise ConfigError(
             f"refusing to load {service} on cuda:{index} ({gpu.name}, GPU {gpu.index}): "

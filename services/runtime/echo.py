@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import torch
 from pydantic import Field
 
 from modelyard.runtime.adapter import ModelAdapter, ServiceSpec
@@ -24,20 +25,28 @@ from modelyard.v1 import echo_pb2, echo_pb2_grpc, types_pb2
 
 class EchoConfig(Strict):
     max_delay_seconds: float = Field(10.0, ge=0, description="longest delay a request may ask for")
+    load_delay_seconds: float = Field(0.0, ge=0, description="pretend loading takes this long")
+    allow_faults: bool = Field(False, description="let requests ask for simulated failures (tests only)")
 
 
 @dataclass
 class EchoItem:
     array: np.ndarray
     delay_seconds: float
+    fault: int = echo_pb2.ECHO_FAULT_NONE
 
 
 class EchoAdapter(ModelAdapter[EchoConfig, EchoItem, np.ndarray]):
     def load(self) -> None:
-        pass
+        time.sleep(self.config.load_delay_seconds)
 
     def infer(self, items: list[EchoItem]) -> list[np.ndarray | Exception]:
         time.sleep(max(item.delay_seconds for item in items))
+        faults = {item.fault for item in items}
+        if echo_pb2.ECHO_FAULT_FATAL in faults:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        if echo_pb2.ECHO_FAULT_OUT_OF_MEMORY in faults:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 588.00 MiB (simulated)")
         return [item.array for item in items]
 
     def info(self) -> dict[str, Any]:
@@ -52,9 +61,11 @@ class EchoServicer(echo_pb2_grpc.EchoServicer):
         limit = self.host.config.model.max_delay_seconds
         if not 0 <= request.delay_seconds <= limit:
             raise InvalidInput(f"delay_seconds must be within [0, {limit}], got {request.delay_seconds}")
+        if request.fault and not self.host.config.model.allow_faults:
+            raise InvalidInput("simulated faults are off; set model.allow_faults: true in the echo config")
         shm = self.host.runtime.shared_memory_dir
         array = tensor_to_numpy(request.array, shm)
-        (result,) = self.host.run([EchoItem(array, request.delay_seconds)], context)
+        (result,) = self.host.run([EchoItem(array, request.delay_seconds, request.fault)], context)
         out = OutputWriter.optional(request.output_region, shm)
         try:
             return echo_pb2.EchoResponse(array=numpy_to_tensor(result, out))

@@ -23,7 +23,12 @@ log = logging.getLogger("modelyard.runtime")
 _TRIED = re.compile(r"Tried to allocate ([\d.]+) ([KMG]i?B)")
 _UNIT_MB = {"KiB": 1 / 1024, "KB": 1 / 1024, "MiB": 1, "MB": 1, "GiB": 1024, "GB": 1024}
 # CUDA errors after which the context is unusable: the process must be restarted.
-_FATAL_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure", "CUDA error: an illegal")
+_FATAL_CUDA = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "CUDA error: an illegal",
+)
 
 
 def needed_mb(oom: BaseException) -> float | None:
@@ -119,8 +124,19 @@ class MemoryGovernor:
 
 def _check_on_host(results: list[Any]) -> None:
     """Results must not keep device tensors alive between requests (the creeping-memory seed)."""
-    for result in results:
-        values = vars(result).values() if hasattr(result, "__dict__") else [result]
-        for value in values:
-            if isinstance(value, torch.Tensor) and value.device.type != "cpu":
-                raise RuntimeError("adapter returned a device tensor; copy outputs to the host before returning")
+
+    def on_device(value: Any, depth: int = 0) -> bool:
+        if isinstance(value, torch.Tensor):
+            return value.device.type != "cpu"
+        if depth > 1:
+            return False
+        if isinstance(value, (list, tuple)):
+            return any(on_device(v, depth + 1) for v in value)
+        if isinstance(value, dict):
+            return any(on_device(v, depth + 1) for v in value.values())
+        if hasattr(value, "__dict__"):
+            return any(on_device(v, depth + 1) for v in vars(value).values())
+        return False
+
+    if any(on_device(result) for result in results):
+        raise RuntimeError("adapter returned a device tensor; copy outputs to the host before returning")

@@ -84,7 +84,10 @@ class ModelHost:
         adapter.load()
         self.adapter = adapter
         self.governor = MemoryGovernor(
-            self.device, self.runtime.max_batch_size, self.runtime.probe_up_after, self.metrics.observe_backoff
+            self.device,
+            self.runtime.max_batch_size,
+            self.runtime.probe_up_after,
+            self.metrics.observe_backoff,
         )
         if self.runtime.warmup:
             self.governor.run(lambda _: (adapter.warmup(), [None])[1], [None])
@@ -102,7 +105,13 @@ class ModelHost:
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
-            extra={"fields": {"service": self.spec.name, "device": self.device, "load_s": time.monotonic() - started}},
+            extra={
+                "fields": {
+                    "service": self.spec.name,
+                    "device": self.device,
+                    "load_s": time.monotonic() - started,
+                }
+            },
         )
 
     def drain(self) -> None:

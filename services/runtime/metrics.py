@@ -27,7 +27,11 @@ class _GpuMemoryCollector(Collector):
         mem = device_memory(device)
         for name, key, doc in (
             ("modelyard_gpu_memory_used_bytes", "allocated", "GPU memory allocated by this service"),
-            ("modelyard_gpu_memory_reserved_bytes", "reserved", "GPU memory reserved by this service's allocator"),
+            (
+                "modelyard_gpu_memory_reserved_bytes",
+                "reserved",
+                "GPU memory reserved by this service's allocator",
+            ),
             ("modelyard_gpu_memory_total_bytes", "total", "total memory of the service's GPU"),
         ):
             family = GaugeMetricFamily(name, doc, labels=["service", "device"])

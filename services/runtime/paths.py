@@ -22,9 +22,7 @@ def in_container() -> bool:
     if forced is not None:
         return forced.lower() in ("1", "true", "yes")
     return (
-        Path("/.dockerenv").exists()
-        or Path("/run/.containerenv").exists()
-        or "KUBERNETES_SERVICE_HOST" in os.environ
+        Path("/.dockerenv").exists() or Path("/run/.containerenv").exists() or "KUBERNETES_SERVICE_HOST" in os.environ
     )
 
 
@@ -114,9 +112,7 @@ def confined(root: Path, relative: str) -> Path:
     if not relative:
         raise InvalidInput("data reference is empty: give a path relative to the data volume")
     if Path(relative).is_absolute() or PureWindowsPath(relative).drive:
-        raise InvalidInput(
-            f"data reference '{relative}' is absolute: give a path relative to the data volume ({root})"
-        )
+        raise InvalidInput(f"data reference '{relative}' is absolute: give a path relative to the data volume ({root})")
     root_real = root.resolve()
     target = (root_real / relative).resolve()
     if not target.is_relative_to(root_real):

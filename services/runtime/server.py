@@ -73,7 +73,9 @@ class RequestInterceptor(grpc.ServerInterceptor):
             context.abort(code, message)
 
         return grpc.unary_unary_rpc_method_handler(
-            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
         )
 
     def _check_size(self, request: Any) -> None:
@@ -104,7 +106,11 @@ def build_server(host: ModelHost, address: str) -> tuple[grpc.Server, int]:
     host.spec.add_to_server(host.spec.make_servicer(host), server)
     health_pb2_grpc.add_HealthServicer_to_server(host.health, server)
     reflection.enable_server_reflection(
-        (host.spec.proto_service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            host.spec.proto_service,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(address)

@@ -1,4 +1,5 @@
 from modelyard.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -6,15 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EchoFault(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ECHO_FAULT_NONE: _ClassVar[EchoFault]
+    ECHO_FAULT_OUT_OF_MEMORY: _ClassVar[EchoFault]
+    ECHO_FAULT_FATAL: _ClassVar[EchoFault]
+ECHO_FAULT_NONE: EchoFault
+ECHO_FAULT_OUT_OF_MEMORY: EchoFault
+ECHO_FAULT_FATAL: EchoFault
+
 class EchoRequest(_message.Message):
-    __slots__ = ("array", "delay_seconds", "output_region")
+    __slots__ = ("array", "delay_seconds", "output_region", "fault")
     ARRAY_FIELD_NUMBER: _ClassVar[int]
     DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_REGION_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
     array: _types_pb2.Tensor
     delay_seconds: float
     output_region: _types_pb2.OutputRegion
-    def __init__(self, array: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ..., delay_seconds: _Optional[float] = ..., output_region: _Optional[_Union[_types_pb2.OutputRegion, _Mapping]] = ...) -> None: ...
+    fault: EchoFault
+    def __init__(self, array: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ..., delay_seconds: _Optional[float] = ..., output_region: _Optional[_Union[_types_pb2.OutputRegion, _Mapping]] = ..., fault: _Optional[_Union[EchoFault, str]] = ...) -> None: ...
 
 class EchoResponse(_message.Message):
     __slots__ = ("array",)

@@ -1,0 +1,52 @@
+# modelyard — one command runs the demo (`make run`), one passes the tests (`make test`).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-stamp
+SOURCES := services gateway protos/generate.py tests bench
+
+.PHONY: setup run test unit integration lint format typecheck proto proto-check bench clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml (the one place with pinned ranges) changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m modelyard.gateway.demo --out demo-output
+
+test: setup lint typecheck proto-check
+	$(PY) -m pytest -q
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+integration: setup
+	$(PY) -m pytest -q tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+
+format: setup
+	$(VENV)/bin/ruff check --fix $(SOURCES)
+	$(VENV)/bin/ruff format $(SOURCES)
+
+typecheck: setup
+	$(VENV)/bin/mypy services gateway
+
+proto: setup
+	$(PY) protos/generate.py
+
+proto-check: setup
+	$(PY) protos/generate.py --check
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .mypy_cache

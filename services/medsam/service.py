@@ -1,0 +1,16 @@
+"""Registers MedSAM with the runtime (entry point `modelyard.services: medsam`)."""
+
+from modelyard.medsam.config import MedSAMConfig
+from modelyard.medsam.model import MedSAMAdapter
+from modelyard.medsam.servicer import MedSAMServicer
+from modelyard.runtime.adapter import ServiceSpec
+from modelyard.v1 import medsam_pb2_grpc
+
+SERVICE = ServiceSpec(
+    name="medsam",
+    proto_service="modelyard.v1.MedSAM",
+    config_schema=MedSAMConfig,
+    adapter=MedSAMAdapter,
+    make_servicer=MedSAMServicer,
+    add_to_server=medsam_pb2_grpc.add_MedSAMServicer_to_server,
+)

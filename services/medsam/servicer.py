@@ -1,0 +1,86 @@
+"""modelyard.v1.MedSAM over gRPC: proto messages in, validated arrays to the model host, masks out."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from modelyard.medsam.config import MedSAMConfig
+from modelyard.medsam.model import SegmentItem
+from modelyard.medsam.preprocess import CT_LEVEL, CT_WIDTH, Intensity, resize_normalise, to_rgb_uint8
+from modelyard.runtime.arrays import OutputWriter, decode_image, numpy_to_tensor
+from modelyard.runtime.errors import InvalidInput
+from modelyard.runtime.host import ModelHost
+from modelyard.v1 import medsam_pb2, medsam_pb2_grpc, types_pb2
+
+_INTENSITY: dict[int, Intensity] = {
+    medsam_pb2.INTENSITY_AUTO: "auto",
+    medsam_pb2.INTENSITY_CT: "ct",
+    medsam_pb2.INTENSITY_MR: "mr",
+}
+_ACCEPTED_DTYPES = {"uint8", "uint16", "int16", "int32", "float16", "float32", "float64"}
+
+
+def validate_boxes(msgs: list[types_pb2.BoxXYXY], height: int, width: int, limit: int, what: str) -> np.ndarray:
+    """Boxes as an (N,4) array, or InvalidInput saying which box is wrong and how."""
+    if not msgs:
+        raise InvalidInput(f"{what}: no box given; MedSAM needs at least one box (x1, y1, x2, y2 in pixels)")
+    if len(msgs) > limit:
+        raise InvalidInput(
+            f"{what}: {len(msgs)} boxes, over the limit of {limit} per image (model.max_boxes_per_image)"
+        )
+    boxes = np.array([[b.x1, b.y1, b.x2, b.y2] for b in msgs], dtype=np.float64)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        where = f"{what} box {i} ({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+        if not np.isfinite([x1, y1, x2, y2]).all():
+            raise InvalidInput(f"{where}: coordinates must be finite numbers")
+        if x2 <= x1 or y2 <= y1:
+            raise InvalidInput(f"{where}: needs x2 > x1 and y2 > y1 (xyxy order, in pixels)")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise InvalidInput(f"{where}: lies outside the {width}x{height} image; clip it to [0,{width}]x[0,{height}]")
+    return boxes
+
+
+class MedSAMServicer(medsam_pb2_grpc.MedSAMServicer):
+    def __init__(self, host: ModelHost) -> None:
+        self.host = host
+        self.config: MedSAMConfig = host.config.model
+
+    def _item(self, index: int, msg: medsam_pb2.SegmentItem) -> SegmentItem:
+        what = f"item {index}"
+        if msg.image.WhichOneof("source") == "array":
+            tensor = msg.image.array
+            dtype = tensor.inline.dtype or tensor.shared.dtype
+            if dtype not in _ACCEPTED_DTYPES:
+                raise InvalidInput(f"{what}: dtype {dtype} is not accepted; use uint8, uint16, int16 or float")
+        runtime = self.host.runtime
+        image = decode_image(msg.image, runtime.shared_memory_dir, runtime.data_root, self.config.max_pixels, what)
+        height, width = image.shape[:2]
+        boxes = validate_boxes(list(msg.boxes), height, width, self.config.max_boxes_per_image, what)
+        rgb = to_rgb_uint8(
+            image,
+            _INTENSITY.get(msg.intensity, "auto"),
+            msg.ct_window_level or CT_LEVEL,
+            msg.ct_window_width or CT_WIDTH,
+        )
+        return SegmentItem(resize_normalise(rgb, self.config.arch.image_size), boxes, height, width)
+
+    def Segment(self, request: medsam_pb2.SegmentRequest, context: grpc.ServicerContext) -> medsam_pb2.SegmentResponse:
+        if not request.items:
+            raise InvalidInput("the request holds no items: send at least one image with its boxes")
+        items = [self._item(i, msg) for i, msg in enumerate(request.items)]
+        results = self.host.run(items, context)
+        out = OutputWriter.optional(request.output_region, self.host.runtime.shared_memory_dir)
+        try:
+            return medsam_pb2.SegmentResponse(
+                results=[
+                    medsam_pb2.SegmentResult(masks=numpy_to_tensor(r.masks, out), scores=r.scores.tolist())
+                    for r in results
+                ]
+            )
+        finally:
+            if out is not None:
+                out.close()
+
+    def Info(self, request: types_pb2.InfoRequest, context: grpc.ServicerContext) -> types_pb2.ModelInfo:
+        return self.host.info(request)
