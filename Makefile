@@ -3,17 +3,20 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
+PROTOC := .venv-protoc/bin/python
 SOURCES := services gateway protos/generate.py tests bench
 
 .PHONY: setup run test unit integration lint format typecheck proto proto-check bench clean
 
 setup: $(STAMP)
 
-# Re-runs only when pyproject.toml (the one place with pinned ranges) changes.
-$(STAMP): pyproject.toml
+# Re-runs only when the pinned ranges change.
+$(STAMP): pyproject.toml protos/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[all,dev]"
+	test -x $(PROTOC) || $(PYTHON) -m venv .venv-protoc
+	$(PROTOC) -m pip install --quiet -r protos/requirements.txt
 	touch $(STAMP)
 
 run: setup
@@ -40,13 +43,13 @@ typecheck: setup
 	$(VENV)/bin/mypy services gateway
 
 proto: setup
-	$(PY) protos/generate.py
+	$(PROTOC) protos/generate.py
 
 proto-check: setup
-	$(PY) protos/generate.py --check
+	$(PROTOC) protos/generate.py --check
 
 bench: setup
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-protoc demo-output .pytest_cache .ruff_cache .mypy_cache

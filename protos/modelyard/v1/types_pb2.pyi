@@ -1,8 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -123,4 +122,4 @@ class ModelInfo(_message.Message):
     shared_memory_ok: bool
     version: str
     details: _containers.ScalarMap[str, str]
-    def __init__(self, service: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., checkpoint_format: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., gpu_memory_allocated_bytes: _Optional[int] = ..., gpu_memory_reserved_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., fitted_batch_size: _Optional[int] = ..., shared_memory_ok: _Optional[bool] = ..., version: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, service: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., checkpoint_format: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., gpu_memory_allocated_bytes: _Optional[int] = ..., gpu_memory_reserved_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., fitted_batch_size: _Optional[int] = ..., shared_memory_ok: bool = ..., version: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The biomedclip service (work in progress)."""

@@ -1,0 +1,1 @@
+"""The tapip3d service (work in progress)."""

@@ -1,0 +1,1 @@
+"""The wilor service (work in progress)."""
