@@ -33,6 +33,7 @@ def tiny_model_section(tiny_checkpoint: Path) -> dict:
 @pytest.fixture(scope="module")
 def medsam_service(tmp_path_factory: pytest.TempPathFactory, tiny_model_section: dict) -> Iterator[LocalService]:
     folder = tmp_path_factory.mktemp("medsam")
-    config = write_config(folder, tiny_model_section, {"max_batch_size": 4, "queue_size": 8}, "medsam.yaml")
+    model = {**tiny_model_section, "max_pixels": 50_000}
+    config = write_config(folder, model, {"max_batch_size": 4, "queue_size": 8}, "medsam.yaml")
     with LocalService("medsam", config, log_path=folder / "medsam.log") as service:
         yield service

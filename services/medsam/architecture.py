@@ -69,7 +69,7 @@ def read_state_dict(path: Path, trust_pickle: bool = False) -> tuple[dict[str, t
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:
-        if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+        if "Unsupported global" in str(exc) or "allowed global" in str(exc):
             raise ConfigError(
                 f"checkpoint {path} holds Python objects besides tensors, which are not loaded by default; "
                 f"if you trust the file, set model.trust_checkpoint_pickle: true ({exc.__class__.__name__})"

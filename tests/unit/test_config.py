@@ -48,9 +48,7 @@ def test_a_missing_checkpoint_names_the_path_it_looked_for_and_how_it_was_resolv
     assert "resolved against the config file's folder" in err.value.message
 
 
-def test_a_host_path_inside_a_container_is_called_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_host_path_inside_a_container_is_called_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELYARD_IN_CONTAINER", "1")
     config = write_config(tmp_path / "cfg", {"checkpoint": "/home/rbalzani/medical-vqa/medsam_vit_b.pth"})
     with pytest.raises(ConfigError) as err:

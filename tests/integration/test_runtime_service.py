@@ -1,0 +1,218 @@
+"""What every service gets from the runtime, shown on the echo reference service over real gRPC."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.client import SharedMemoryClient, request_metadata
+from modelyard.runtime.launch import LocalService, free_port
+from modelyard.v1 import echo_pb2, echo_pb2_grpc, types_pb2
+from tests.conftest import write_config
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SHM = Path("/dev/shm")
+
+
+def echo_service(folder: Path, model: dict | None = None, runtime: dict | None = None) -> LocalService:
+    model = {"max_delay_seconds": 10, "allow_faults": True, **(model or {})}
+    runtime = {"max_batch_size": 1, **(runtime or {})}
+    config = write_config(folder, model, runtime, "echo.yaml")
+    return LocalService("echo", config, metrics_port=free_port(), log_path=folder / "echo.log")
+
+
+def health(address: str) -> int:
+    with grpc.insecure_channel(address) as chan:
+        request = health_pb2.HealthCheckRequest(service="modelyard.v1.Echo")
+        return health_pb2_grpc.HealthStub(chan).Check(request, timeout=5).status
+
+
+def request(delay: float = 0.0, fault: int = 0, size: int = 4) -> echo_pb2.EchoRequest:
+    return echo_pb2.EchoRequest(
+        array=numpy_to_tensor(np.arange(size, dtype=np.float32)), delay_seconds=delay, fault=fault
+    )
+
+
+def metric(service: LocalService, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
+    with echo_service(tmp_path_factory.mktemp("echo"), runtime={"queue_size": 1, "max_message_mb": 1}) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def stub(echo: LocalService) -> echo_pb2_grpc.EchoStub:
+    return echo_pb2_grpc.EchoStub(grpc.insecure_channel(echo.address))
+
+
+def test_health_is_not_serving_while_loading_then_serving(tmp_path: Path) -> None:
+    service = echo_service(tmp_path, model={"load_delay_seconds": 3}).start()
+    try:
+        deadline = time.monotonic() + 60
+        seen = []
+        while time.monotonic() < deadline and SERVING not in seen:
+            with contextlib.suppress(grpc.RpcError):  # not listening yet
+                seen.append(health(service.address))
+            time.sleep(0.1)
+        assert seen[0] == NOT_SERVING and seen[-1] == SERVING
+        with grpc.insecure_channel(service.address) as chan:
+            stub = echo_pb2_grpc.EchoStub(chan)
+            assert stub.Echo(request(), timeout=10).array.inline.shape == [4]
+    finally:
+        assert service.stop() == 0
+
+
+def test_a_full_queue_answers_resource_exhausted_at_once(stub) -> None:
+    running = stub.Echo.future(request(delay=1.5), timeout=30)
+    time.sleep(0.3)
+    queued = stub.Echo.future(request(delay=0.1), timeout=30)
+    time.sleep(0.2)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Echo(request(), timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in err.value.details()
+    assert time.monotonic() - started < 1.0  # back-pressure answers at once, it does not wait
+    assert running.result().array.inline.shape == [4] and queued.result().array.inline.shape == [4]
+
+
+def test_work_of_a_caller_whose_deadline_passed_never_runs(stub, echo: LocalService) -> None:
+    batches_before = metric(echo, "modelyard_batch_size_count")
+    running = stub.Echo.future(request(delay=1.0), timeout=30)
+    time.sleep(0.2)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Echo(request(delay=5.0), timeout=0.3)  # queued behind `running`, gives up
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    running.result()
+    time.sleep(0.3)
+    assert metric(echo, "modelyard_batch_size_count") == batches_before + 1  # the abandoned call never ran
+    assert stub.Echo(request(), timeout=10).array.inline.shape == [4]
+
+
+def test_a_cancelled_call_is_dropped(stub, echo: LocalService) -> None:
+    batches_before = metric(echo, "modelyard_batch_size_count")
+    running = stub.Echo.future(request(delay=1.0), timeout=30)
+    time.sleep(0.2)
+    doomed = stub.Echo.future(request(delay=5.0), timeout=30)
+    time.sleep(0.2)
+    doomed.cancel()
+    running.result()
+    time.sleep(0.3)
+    assert metric(echo, "modelyard_batch_size_count") == batches_before + 1
+
+
+def test_an_over_limit_request_says_how_to_send_large_data(stub) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Echo(request(size=400_000), timeout=30)  # 1.6 MB inline, limit 1 MiB
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message limit" in err.value.details() and "shared memory" in err.value.details()
+    assert "data reference" in err.value.details()
+
+
+def test_large_arrays_travel_through_shared_memory_and_leave_nothing_behind(stub) -> None:
+    big = np.random.default_rng(0).random((1000, 1000), dtype=np.float32)  # 4 MB, over the 1 MiB limit
+    before = set(SHM.iterdir())
+    with SharedMemoryClient(stub.Info, SHM) as shm:
+        assert shm.enabled
+        response = stub.Echo(
+            echo_pb2.EchoRequest(array=shm.tensor(big), output_region=shm.output_region(big.nbytes)), timeout=30
+        )
+        assert response.array.WhichOneof("payload") == "shared"
+        assert np.array_equal(shm.read(response.array), big)
+    assert set(SHM.iterdir()) == before
+
+
+def test_the_request_id_comes_back_and_every_call_is_logged_once(stub, echo: LocalService) -> None:
+    _response, call = stub.Echo.with_call(request(), metadata=request_metadata("req-42"), timeout=10)
+    assert ("x-request-id", "req-42") in call.trailing_metadata()
+    assert echo.log_path is not None
+    lines = [json.loads(line) for line in echo.log_path.read_text().splitlines()]
+    (line,) = [entry for entry in lines if entry.get("request_id") == "req-42"]
+    assert line["service"] == "echo" and line["method"] == "Echo" and line["status"] == "OK"
+    assert line["duration_ms"] >= 0
+
+
+def test_metrics_cover_latency_queue_wait_batch_size_and_oom_backoffs(stub, echo: LocalService) -> None:
+    stub.Echo(request(), timeout=10)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{echo.metrics_port}/metrics", timeout=5).read().decode()
+    for name in (
+        'modelyard_request_seconds_count{code="OK",method="Echo",service="echo"}',
+        "modelyard_queue_wait_seconds_count",
+        "modelyard_batch_size_count",
+        "modelyard_oom_backoffs_total",
+    ):
+        assert name in text
+
+
+def test_out_of_memory_at_batch_one_is_resource_exhausted_with_memory_figures(stub, echo: LocalService) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Echo(request(fault=echo_pb2.ECHO_FAULT_OUT_OF_MEMORY), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "even at batch 1" in err.value.details() and "tried to allocate 588 MiB" in err.value.details()
+    assert health(echo.address) == SERVING
+
+
+def test_a_fatal_model_error_turns_health_not_serving(tmp_path: Path) -> None:
+    with echo_service(tmp_path) as service, grpc.insecure_channel(service.address) as chan:
+        stub = echo_pb2_grpc.EchoStub(chan)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Echo(request(fault=echo_pb2.ECHO_FAULT_FATAL), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INTERNAL and "no longer usable" in err.value.details()
+        assert health(service.address) == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Echo(request(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path: Path) -> None:
+    service = echo_service(tmp_path)
+    with service, grpc.insecure_channel(service.address) as chan:
+        stub = echo_pb2_grpc.EchoStub(chan)
+        in_flight = stub.Echo.future(request(delay=2.0), timeout=30)
+        time.sleep(0.5)
+        assert service.process is not None
+        service.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Echo(request(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        result = in_flight.result()
+        assert np.array_equal(tensor_to_numpy(result.array, SHM), np.arange(4, dtype=np.float32))
+        assert service.process.wait(30) == 0
+
+
+def test_concurrent_calls_are_batched_when_a_batch_window_is_set(tmp_path: Path) -> None:
+    with echo_service(tmp_path, runtime={"max_batch_size": 4, "batch_wait_ms": 200}) as service:
+        with grpc.insecure_channel(service.address) as chan:
+            stub = echo_pb2_grpc.EchoStub(chan)
+            results: list[object] = []
+            threads = [
+                threading.Thread(target=lambda: results.append(stub.Echo(request(), timeout=10))) for _ in range(4)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert len(results) == 4
+        assert metric(service, "modelyard_batch_size_sum") > metric(service, "modelyard_batch_size_count")
+
+
+def test_info_reports_the_runtime_state(stub) -> None:
+    info = stub.Info(types_pb2.InfoRequest(), timeout=10)
+    assert info.service == "echo" and info.details["state"] == "ready" and info.fitted_batch_size == 1
