@@ -49,7 +49,7 @@ proto-check: setup
 	$(PROTOC) protos/generate.py --check
 
 bench: setup
-	$(PY) -m bench.run
+	$(PY) -m bench.runtime
 
 clean:
 	rm -rf $(VENV) .venv-protoc demo-output .pytest_cache .ruff_cache .mypy_cache

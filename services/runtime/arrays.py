@@ -107,7 +107,7 @@ class SharedRegion:
 
 
 def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -> np.ndarray:
-    """Decode a Tensor message into an owned numpy array, validating dtype, shape and size."""
+    """Decode a Tensor message into a read-only numpy array, validating dtype, shape and size."""
     kind = msg.WhichOneof("payload")
     if kind == "inline":
         dtype = dtype_of(msg.inline.dtype)
@@ -124,7 +124,11 @@ def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -
         shape = _shape(msg.shared.shape, what)
         region = SharedRegion.attach(shm_dir, msg.shared.region)
         try:
-            return region.view(msg.shared.offset, dtype, shape).copy()
+            # Zero-copy and read-only: the caller's region stays untouched and is only read while the call lasts
+            # (the view keeps the mapping alive; results never alias it because outputs are written out).
+            view = region.view(msg.shared.offset, dtype, shape)
+            view.flags.writeable = False
+            return view
         finally:
             region.close()
     raise InvalidInput(f"{what}: empty Tensor; set `inline` or `shared`")

@@ -73,7 +73,7 @@ class RuntimeConfig(Strict):
     )
     max_batch_size: int = Field(8, ge=1, description="items per model call; halved on out-of-memory")
     batch_wait_ms: float = Field(0.0, ge=0, description="wait this long to gather concurrent requests into a batch")
-    queue_size: int = Field(64, ge=1, description="requests waiting for the model; beyond it RESOURCE_EXHAUSTED")
+    queue_size: int = Field(64, ge=1, description="requests waiting behind the running one; beyond: RESOURCE_EXHAUSTED")
     probe_up_after: int = Field(100, ge=1, description="successful calls before trying a larger batch after OOM")
     max_message_mb: int = Field(64, ge=1, description="largest gRPC message accepted or sent")
     grpc_threads: int = Field(16, ge=2, description="threads serving gRPC calls (the model runs on its own thread)")

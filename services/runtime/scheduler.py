@@ -3,6 +3,10 @@
 gRPC threads submit work and wait; the model thread takes requests in order, gathers concurrent ones into a
 batch (up to max_batch_size items, waiting at most batch_wait_ms), drops work whose caller has gone, and runs
 the batch through the memory governor. A full queue answers RESOURCE_EXHAUSTED at once (back-pressure).
+
+When the model is idle, nothing is queued and no batching window is set, the calling thread runs the model
+itself: the hand-off to the model thread and back costs ~0.2 ms per call, a third of a small request's latency.
+One lock keeps the model to one caller at a time either way.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Scheduler:
         self._on_fatal = on_fatal
         self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
         self._carry: Work | None = None
+        self._model_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -65,6 +70,13 @@ class Scheduler:
 
     def submit(self, items: list[Any], alive: Callable[[], bool]) -> Future[list[Any]]:
         work = Work(items, alive)
+        if self._batch_wait == 0 and self._carry is None and self._queue.empty():
+            if self._model_lock.acquire(blocking=False):
+                try:
+                    self._run([work])
+                finally:
+                    self._model_lock.release()
+                return work.future
         try:
             self._queue.put_nowait(work)
         except queue.Full:
@@ -102,14 +114,15 @@ class Scheduler:
             batch = self._next_batch()
             if batch is None:
                 return
-            live = []
-            for work in batch:
-                if work.alive():
-                    live.append(work)
-                else:
-                    work.future.set_exception(Cancelled("the caller went away before the model started"))
-            if live:
-                self._run(live)
+            with self._model_lock:  # liveness is checked after the wait for the model, not before
+                live = []
+                for work in batch:
+                    if work.alive():
+                        live.append(work)
+                    else:
+                        work.future.set_exception(Cancelled("the caller went away before the model started"))
+                if live:
+                    self._run(live)
 
     def _run(self, batch: list[Work]) -> None:
         items = [item for work in batch for item in work.items]
