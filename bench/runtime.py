@@ -120,29 +120,31 @@ def medsam(folder: Path, n: int, memory_calls: tuple[int, int]) -> str:
             return adapter.infer([item])
 
     rows = []
-    with LocalService("medsam", config, log_path=folder / "medsam.log") as service:
-        with grpc.insecure_channel(service.address) as chan:
-            stub = medsam_pb2_grpc.MedSAMStub(chan)
-            request = medsam_pb2.SegmentRequest(
-                items=[
-                    medsam_pb2.SegmentItem(
-                        image=types_pb2.Image(encoded=png(image)),
-                        boxes=[types_pb2.BoxXYXY(x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for b in boxes],
-                    )
-                ]
-            )
-            local = percentiles(timed(in_process, n))
-            remote = percentiles(timed(lambda: stub.Segment(request), n))
-            rows.append(["in-process (preprocess + infer)", f"{local[0]:.2f}", f"{local[1]:.2f}"])
-            rows.append(["through the service (PNG in, masks out)", f"{remote[0]:.2f}", f"{remote[1]:.2f}"])
-            rss = []
-            done = 0
-            for target in memory_calls:
-                while done < target:
-                    stub.Segment(request)
-                    done += 1
-                rss.append(stub.Info(types_pb2.InfoRequest()).rss_bytes)
-    latency = table(["Tiny-MedSAM Segment, 256×256 grey, 1 box", "p50 ms", "p99 ms"], rows)
+    with (
+        LocalService("medsam", config, log_path=folder / "medsam.log") as service,
+        grpc.insecure_channel(service.address) as chan,
+    ):
+        stub = medsam_pb2_grpc.MedSAMStub(chan)
+        request = medsam_pb2.SegmentRequest(
+            items=[
+                medsam_pb2.SegmentItem(
+                    image=types_pb2.Image(encoded=png(image)),
+                    boxes=[types_pb2.BoxXYXY(x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for b in boxes],
+                )
+            ]
+        )
+        local = percentiles(timed(in_process, n))
+        remote = percentiles(timed(lambda: stub.Segment(request), n))
+        rows.append(["in-process (preprocess + infer)", f"{local[0]:.2f}", f"{local[1]:.2f}"])
+        rows.append(["through the service (PNG in, masks out)", f"{remote[0]:.2f}", f"{remote[1]:.2f}"])
+        rss = []
+        done = 0
+        for target in memory_calls:
+            while done < target:
+                stub.Segment(request)
+                done += 1
+            rss.append(stub.Info(types_pb2.InfoRequest()).rss_bytes)
+    latency = table(["Tiny-MedSAM Segment, 256x256 grey, 1 box", "p50 ms", "p99 ms"], rows)
     growth = (rss[1] - rss[0]) / rss[0] * 100
     memory = table(
         ["service RSS", f"after {memory_calls[0]} calls", f"after {memory_calls[1]} calls", "growth", "goal", "met"],

@@ -70,13 +70,13 @@ class Scheduler:
 
     def submit(self, items: list[Any], alive: Callable[[], bool]) -> Future[list[Any]]:
         work = Work(items, alive)
-        if self._batch_wait == 0 and self._carry is None and self._queue.empty():
-            if self._model_lock.acquire(blocking=False):
-                try:
-                    self._run([work])
-                finally:
-                    self._model_lock.release()
-                return work.future
+        idle = self._batch_wait == 0 and self._carry is None and self._queue.empty()
+        if idle and self._model_lock.acquire(blocking=False):
+            try:
+                self._run([work])
+            finally:
+                self._model_lock.release()
+            return work.future
         try:
             self._queue.put_nowait(work)
         except queue.Full:
