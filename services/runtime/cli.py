@@ -4,6 +4,7 @@ entry-point group `modelyard.commands` (a function that adds a subparser)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -11,6 +12,7 @@ from importlib.metadata import entry_points
 from modelyard.runtime import __version__
 
 COMMANDS_GROUP = "modelyard.commands"
+log = logging.getLogger("modelyard")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -66,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.set_defaults(func=_gpus)
 
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
-        ep.load()(sub)
+        try:
+            add_commands = ep.load()
+        except ImportError as exc:  # a service whose dependencies live in another environment
+            log.debug("commands of %s unavailable here: %s", ep.name, exc)
+            continue
+        add_commands(sub)
     return parser
 
 

@@ -133,9 +133,12 @@ def plan_device(
 
 
 def torch_visible_gpus(snapshot: GpuSnapshot) -> list[GpuState | None]:
-    """NVML's state for each CUDA device torch sees, matched by UUID (CUDA_VISIBLE_DEVICES reorders them)."""
-    import torch
-
+    """NVML's state for each CUDA device torch sees, matched by UUID (CUDA_VISIBLE_DEVICES reorders them).
+    Without torch installed (a service whose backend does not use it) there is none."""
+    try:
+        import torch
+    except ImportError:
+        return []
     if not torch.cuda.is_available():
         return []
     by_uuid = {g.uuid.removeprefix("GPU-"): g for g in snapshot.gpus}

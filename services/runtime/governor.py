@@ -2,11 +2,13 @@
 
 Inference runs under torch.inference_mode. On CUDA out-of-memory the governor frees the cache, halves the batch
 and retries the same items, remembers the size that fit, and probes upward again after a run of successes. At
-batch 1 it gives up with RESOURCE_EXHAUSTED naming free and needed memory.
+batch 1 it gives up with RESOURCE_EXHAUSTED naming free and needed memory. Without torch installed (a backend
+that does not use it) the governor only chunks, checks and orders the results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import re
@@ -14,7 +16,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
+try:  # optional: a service whose backend needs no torch (e.g. wilor's MediaPipe reference) runs without it
+    import torch
+except ImportError:
+    torch = None  # type: ignore[assignment]
 
 from modelyard.runtime.devices import MIB, device_memory
 from modelyard.runtime.errors import Cancelled, FatalModelError, ResourceExhausted
@@ -29,6 +34,13 @@ _FATAL_CUDA = (
     "unspecified launch failure",
     "CUDA error: an illegal",
 )
+
+
+class _NeverRaised(Exception):
+    """Stands in for torch's out-of-memory error where torch is not installed (nothing can raise it)."""
+
+
+_OUT_OF_MEMORY: type[BaseException] = torch.cuda.OutOfMemoryError if torch is not None else _NeverRaised
 
 
 def needed_mb(oom: BaseException) -> float | None:
@@ -68,9 +80,9 @@ class MemoryGovernor:
             size = min(self.fitted_batch_size, len(items) - start)
             chunk = items[start : start + size]
             try:
-                with torch.inference_mode():
+                with torch.inference_mode() if torch is not None else contextlib.nullcontext():
                     out = list(infer(chunk))
-            except torch.cuda.OutOfMemoryError as oom:
+            except _OUT_OF_MEMORY as oom:
                 self._release()
                 if size == 1:
                     raise ResourceExhausted(self._exhausted_message(oom)) from None
@@ -108,7 +120,7 @@ class MemoryGovernor:
 
     def _release(self) -> None:
         gc.collect()
-        if torch.cuda.is_available():
+        if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def _exhausted_message(self, oom: BaseException) -> str:
@@ -124,6 +136,8 @@ class MemoryGovernor:
 
 def _check_on_host(results: list[Any]) -> None:
     """Results must not keep device tensors alive between requests (the creeping-memory seed)."""
+    if torch is None:
+        return
 
     def on_device(value: Any, depth: int = 0) -> bool:
         if isinstance(value, torch.Tensor):

@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import time
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from modelyard.runtime.devices import device_memory, select_device
 from modelyard.runtime.errors import Cancelled, DeadlineExceeded, FatalModelError, InvalidInput, NotReady
 from modelyard.runtime.governor import MemoryGovernor
 from modelyard.runtime.metrics import ServiceMetrics
+from modelyard.runtime.progress import Progress, Update
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.v1 import types_pb2
 
@@ -136,28 +138,58 @@ class ModelHost:
         self.health.set(self.spec.proto_service, status)
 
     # -- requests -------------------------------------------------------------------------------------
-    def run(self, items: list[Any], context: grpc.ServicerContext) -> list[Any]:
-        """Queue `items` for the model and wait for their results, honouring the caller's deadline."""
+    def run(self, items: list[Any], context: grpc.ServicerContext, progress: Progress | None = None) -> list[Any]:
+        """Queue `items` for the model and wait for their results, honouring the caller's deadline.
+        `progress`, when the items report to it, lets the model stop mid-item once the caller has gone."""
+        for event in self._events(items, context, progress or Progress(), inline=True):
+            if not isinstance(event, Update):
+                return event
+        raise AssertionError("the events end with the results")  # pragma: no cover
+
+    def stream(
+        self, items: list[Any], context: grpc.ServicerContext, progress: Progress
+    ) -> Iterator[Update | list[Any]]:
+        """run() for server-streaming calls: yields the newest of the model's progress reports (through the
+        `progress` the items carry) while it works, then the list of results as the last element. The model
+        runs on its own thread, never this one, so the progress can be sent while it works."""
+        return self._events(items, context, progress, inline=False)
+
+    def _events(
+        self, items: list[Any], context: grpc.ServicerContext, progress: Progress, inline: bool
+    ) -> Iterator[Update | list[Any]]:
         if self.state != State.READY or self.scheduler is None:
             raise NotReady(f"{self.spec.name} is {self.state.value}; retry shortly or on another replica")
         if not items:
             raise InvalidInput("the request holds no items")
         self.metrics.queue_depth.labels(self.spec.name).set(self.scheduler.depth)
-        future = self.scheduler.submit(items, context.is_active)
-        results = self._wait(future, context)
+        progress.watch(context.is_active)
+        future = self.scheduler.submit(items, context.is_active, inline=inline)
+        results = None
+        try:
+            while results is None:
+                results = self._wait(future, context, timeout=0.25)
+                update = progress.take()
+                if update is not None:
+                    yield update
+        finally:
+            if results is None:  # the caller went away (or the stream was closed): stop the model's work
+                progress.cancel()
         for index, result in enumerate(results):
             if isinstance(result, Exception):
                 if isinstance(result, InvalidInput) and len(results) > 1:
                     raise InvalidInput(f"item {index}: {result.message}")
                 raise result
-        return results
+        yield results
 
     @staticmethod
-    def _wait(future: concurrent.futures.Future[list[Any]], context: grpc.ServicerContext) -> list[Any]:
-        """Wait for the model, giving up when the caller cancels or its deadline passes (the model thread
-        then drops the work, or stops it between batches)."""
+    def _wait(
+        future: concurrent.futures.Future[list[Any]], context: grpc.ServicerContext, timeout: float | None = None
+    ) -> list[Any] | None:
+        """Wait for the model (at most `timeout` seconds, then None), giving up when the caller cancels or its
+        deadline passes (the model thread then drops the work, or stops it between batches or reports)."""
         remaining = context.time_remaining()
         deadline = None if remaining is None or remaining > 1e8 else time.monotonic() + remaining
+        until = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 return future.result(timeout=0.05)
@@ -167,6 +199,8 @@ class ModelHost:
                 raise DeadlineExceeded("the deadline passed before the model finished; the work was stopped")
             if not context.is_active():
                 raise Cancelled("the call was cancelled; the work was stopped")
+            if until is not None and time.monotonic() >= until:
+                return None
 
     def info(self, request: types_pb2.InfoRequest) -> types_pb2.ModelInfo:
         details = self.adapter.info() if self.adapter else {}

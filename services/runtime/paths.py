@@ -107,8 +107,9 @@ def existing_dir(raw: str | Path, base: Path | None, what: str) -> Path:
     return path
 
 
-def confined(root: Path, relative: str) -> Path:
-    """Resolve a data reference under `root`, refusing absolute paths, `..` and symlink escapes."""
+def confined(root: Path, relative: str, must_exist: bool = True) -> Path:
+    """Resolve a data reference under `root`, refusing absolute paths, `..` and symlink escapes. An output
+    reference (must_exist=False) may name a file that is not there yet."""
     if not relative:
         raise InvalidInput("data reference is empty: give a path relative to the data volume")
     if Path(relative).is_absolute() or PureWindowsPath(relative).drive:
@@ -117,6 +118,6 @@ def confined(root: Path, relative: str) -> Path:
     target = (root_real / relative).resolve()
     if not target.is_relative_to(root_real):
         raise InvalidInput(f"data reference '{relative}' escapes the data volume {root}: stay inside it")
-    if not target.exists():
+    if must_exist and not target.exists():
         raise InvalidInput(f"data reference '{relative}' does not exist under the data volume {root}")
     return target

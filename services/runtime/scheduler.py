@@ -68,9 +68,11 @@ class Scheduler:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, items: list[Any], alive: Callable[[], bool]) -> Future[list[Any]]:
+    def submit(self, items: list[Any], alive: Callable[[], bool], inline: bool = True) -> Future[list[Any]]:
+        """Queue work (or, when idle and `inline`, run it on this thread). A caller that must stay free while the
+        model works — a streaming call sending progress — passes inline=False."""
         work = Work(items, alive)
-        idle = self._batch_wait == 0 and self._carry is None and self._queue.empty()
+        idle = inline and self._batch_wait == 0 and self._carry is None and self._queue.empty()
         if idle and self._model_lock.acquire(blocking=False):
             try:
                 self._run([work])

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,44 +39,54 @@ class RequestInterceptor(grpc.ServerInterceptor):
         self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: Any
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        if handler is None or not details.method.startswith("/modelyard.") or handler.unary_unary is None:
+        if handler is None or not details.method.startswith("/modelyard."):
             return handler
         method = details.method.rsplit("/", 1)[-1]
         metadata = dict(details.invocation_metadata or ())
-        behavior = handler.unary_unary
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
 
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            request_id = str(metadata.get(REQUEST_ID) or uuid.uuid4().hex)
-            context.set_trailing_metadata(((REQUEST_ID, request_id),))
-            started = time.perf_counter()
-            code, message = grpc.StatusCode.OK, ""
-            try:
-                self._check_size(request)
-                return behavior(request, context)
-            except Exception as exc:
-                code, message = status_of(exc)
-                if not isinstance(exc, ModelyardError):
-                    log.exception("unexpected error in %s", method)
-            finally:
-                duration = time.perf_counter() - started
-                self._metrics.latency.labels(self._service, method, code.name).observe(duration)
-                fields = {
-                    "service": self._service,
-                    "method": method,
-                    "request_id": request_id,
-                    "duration_ms": round(duration * 1000, 3),
-                    "status": code.name,
-                }
-                if message:
-                    fields["error"] = message
-                log.info("request", extra={"fields": fields})
-            context.abort(code, message)
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                call = _Call(self._service, self._metrics, method, metadata, context)
+                try:
+                    self._check_size(request)
+                    return behavior(request, context)
+                except Exception as exc:
+                    call.failed(exc)
+                finally:
+                    call.record()
+                context.abort(call.code, call.message)
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            streaming = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                # The same for a server-streaming call: errors raised while streaming end it with their status.
+                call = _Call(self._service, self._metrics, method, metadata, context)
+                try:
+                    self._check_size(request)
+                    yield from streaming(request, context)
+                except GeneratorExit:  # the client went away mid-stream
+                    call.code, call.message = grpc.StatusCode.CANCELLED, "the client cancelled the stream"
+                    raise
+                except Exception as exc:
+                    call.failed(exc)
+                finally:
+                    call.record()
+                if call.code != grpc.StatusCode.OK:
+                    context.abort(call.code, call.message)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
 
     def _check_size(self, request: Any) -> None:
         size = request.ByteSize()
@@ -86,6 +96,43 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 "send large arrays through shared memory (Tensor.shared, same host) or as a data reference "
                 "(DataRef, a file on the data volume), split the request, or raise runtime.max_message_mb"
             )
+
+
+class _Call:
+    """One call's request id, status and timing, recorded once as a log line and a latency sample."""
+
+    def __init__(
+        self,
+        service: str,
+        metrics: ServiceMetrics,
+        method: str,
+        metadata: dict[str, Any],
+        context: grpc.ServicerContext,
+    ) -> None:
+        self.service, self.metrics, self.method = service, metrics, method
+        self.request_id = str(metadata.get(REQUEST_ID) or uuid.uuid4().hex)
+        context.set_trailing_metadata(((REQUEST_ID, self.request_id),))
+        self.started = time.perf_counter()
+        self.code, self.message = grpc.StatusCode.OK, ""
+
+    def failed(self, exc: Exception) -> None:
+        self.code, self.message = status_of(exc)
+        if not isinstance(exc, ModelyardError):
+            log.exception("unexpected error in %s", self.method)
+
+    def record(self) -> None:
+        duration = time.perf_counter() - self.started
+        self.metrics.latency.labels(self.service, self.method, self.code.name).observe(duration)
+        fields = {
+            "service": self.service,
+            "method": self.method,
+            "request_id": self.request_id,
+            "duration_ms": round(duration * 1000, 3),
+            "status": self.code.name,
+        }
+        if self.message:
+            fields["error"] = self.message
+        log.info("request", extra={"fields": fields})
 
 
 def build_server(host: ModelHost, address: str) -> tuple[grpc.Server, int]:

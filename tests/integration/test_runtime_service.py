@@ -80,18 +80,27 @@ def test_health_is_not_serving_while_loading_then_serving(tmp_path: Path) -> Non
 
 
 def test_a_full_queue_answers_resource_exhausted_at_once(stub) -> None:
-    running = stub.Echo.future(request(delay=1.5), timeout=30)
-    time.sleep(0.3)
-    # One call waits at the model's door, one in the queue (queue_size 1); the next one is turned away.
-    waiting = [stub.Echo.future(request(delay=0.1), timeout=30) for _ in range(2)]
-    time.sleep(0.3)
-    started = time.monotonic()
-    with pytest.raises(grpc.RpcError) as err:
-        stub.Echo(request(), timeout=30)
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in err.value.details()
-    assert time.monotonic() - started < 1.0  # back-pressure answers at once, it does not wait
+    running = stub.Echo.future(request(delay=3.0), timeout=30)
+    time.sleep(0.5)
+    # While the model is busy, one call waits at its door and one in the queue (queue_size 1): the next is
+    # turned away at once. Calls are sent one by one until that happens, so a slow machine cannot fool the test.
+    accepted, rejected = [], None
+    for _ in range(6):
+        started = time.monotonic()
+        call = stub.Echo.future(request(delay=0.01), timeout=30)
+        try:
+            call.result(timeout=0.5)
+            raise AssertionError("a call finished while the model was busy")
+        except grpc.FutureTimeoutError:
+            accepted.append(call)  # still waiting: it was queued
+        except grpc.RpcError as exc:
+            rejected, waited = exc, time.monotonic() - started
+            break
+    assert rejected is not None and rejected.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in rejected.details() and waited < 0.5  # back-pressure answers at once
+    assert len(accepted) == 2
     assert running.result().array.inline.shape == [4]
-    assert all(w.result().array.inline.shape == [4] for w in waiting)
+    assert all(call.result().array.inline.shape == [4] for call in accepted)
 
 
 def test_work_of_a_caller_whose_deadline_passed_never_runs(stub, echo: LocalService) -> None:

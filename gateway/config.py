@@ -1,0 +1,29 @@
+"""The gateway's config (/config/gateway.yaml): data root, job store, the services and how to reach them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from modelyard.gateway.calls import EndpointConfig
+from modelyard.runtime.config import ExistingDir, ExistingFile, Strict
+
+
+class TlsConfig(Strict):
+    cert: ExistingFile
+    key: ExistingFile
+
+
+class GatewayConfig(Strict):
+    data_root: ExistingDir = Field(description="the data volume; every input and output path is relative to it")
+    store: Path | None = Field(None, description="SQLite job store (default: <data_root>/.modelyard/jobs.sqlite)")
+    workers: int = Field(8, ge=1, description="items processed at once per job")
+    services: dict[str, EndpointConfig] = Field(default_factory=dict)
+    token_file: ExistingFile | None = Field(None, description="require `authorization: Bearer <token>`")
+    tls: TlsConfig | None = None
+    resume_on_start: bool = Field(True, description="resume jobs that were running when the gateway stopped")
+
+    @property
+    def store_path(self) -> Path:
+        return self.store or self.data_root / ".modelyard" / "jobs.sqlite"

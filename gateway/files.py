@@ -1,0 +1,64 @@
+"""Atomic output files: write to a temporary file beside the target, fsync, then rename over it.
+
+A reader (or a rerun after a crash) sees either the old file or the whole new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(temp_path)`, then move the finished file to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    temp = Path(tmp)
+    try:
+        write(temp)
+        with temp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    def write(temp: Path) -> None:
+        temp.write_bytes(data)
+
+    return write_atomic(path, write)
+
+
+def write_text(path: Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return write_bytes(path, buffer.getvalue())
+
+
+def write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
+    return write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in records))

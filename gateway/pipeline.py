@@ -1,0 +1,57 @@
+"""What a declared pipeline is: options with defaults, the services it calls, how an input becomes items,
+how one item is processed, and what is written when the job ends."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from modelyard.gateway.calls import ServiceClient
+from modelyard.gateway.jobs import Item, JobRecord
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+@dataclass
+class StepContext(Generic[OptionsT]):
+    """What processing one item may use: the services, the job's folder, its options, the cancel flag."""
+
+    job_id: str
+    options: OptionsT
+    data_root: Path
+    output_dir: Path
+    clients: dict[str, ServiceClient]
+    cancelled: threading.Event
+
+    def request_id(self, item: Item, step: str) -> str:
+        """Stable per job, item and step: a retry of the same step carries the same id."""
+        return f"{self.job_id}:{item.position}:{step}"
+
+
+class Pipeline(ABC, Generic[OptionsT]):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    services: ClassVar[tuple[str, ...]]
+    options_schema: ClassVar[type[BaseModel]]
+
+    def concurrency(self, options: OptionsT) -> int:
+        """Items of one job in flight at once (each service also bounds its own in-flight calls)."""
+        return 8
+
+    @abstractmethod
+    def plan(self, input_path: Path, options: OptionsT, data_root: Path) -> list[Item]:
+        """The job's items, with stable keys. Raise InvalidInput for an unusable input."""
+
+    @abstractmethod
+    def process(self, item: Item, ctx: StepContext[OptionsT]) -> dict[str, Any]:
+        """Run one item through the services; write its files atomically; return what to record.
+        Raise CallFailed (from the service clients) or InvalidInput to fail just this item."""
+
+    def finalize(self, job: JobRecord, items: list[Item], ctx: StepContext[OptionsT]) -> dict[str, str]:
+        """Write job-level outputs from the recorded items (rewritten whole, so reruns never duplicate)."""
+        return {}

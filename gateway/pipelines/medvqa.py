@@ -1,0 +1,401 @@
+"""medvqa: the medical-VQA preprocessing pipeline, a drop-in for the seed pipeline's users.
+
+Stages (STAGE): `bbox` (BiomedCLIP boxes drawn on the image), `heatmap` (the map as a colour composite),
+`segmentation` (boxes, or gold boxes in MODE=gold, then MedSAM masks and overlays; SCENARIO A/B/C). Every stage
+writes `vqa_manifest.csv` (exactly image_path,question,answer), `predictions.jsonl` (one record per item,
+rewritten whole, so reruns never duplicate) and `report.txt`. Option names and defaults are the seed's config
+keys; a `.conf` of theirs is accepted as is. Fixed where the seed was wrong: the CAM is really gScoreCAM when asked,
+TOPK/PROMPT/MIN_BOX_AREA are honoured, files are named per question, MedSAM gets MedSAM's preprocessing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import Field, field_validator
+
+from modelyard.gateway import files
+from modelyard.gateway.jobs import Item, ItemState, JobRecord
+from modelyard.gateway.pipeline import Pipeline, StepContext
+from modelyard.gateway.pipelines.tables import parse_boxes, parse_regions, read_table
+from modelyard.runtime.arrays import tensor_to_numpy
+from modelyard.runtime.config import Strict
+from modelyard.runtime.errors import InvalidInput
+from modelyard.runtime.paths import confined
+from modelyard.runtime.render import CYAN, draw_boxes, overlay_masks
+from modelyard.v1 import biomedclip_pb2, medsam_pb2, types_pb2
+
+CAM_METHODS = {
+    "gscorecam": biomedclip_pb2.CAM_METHOD_GSCORECAM,
+    "scorecam": biomedclip_pb2.CAM_METHOD_SCORECAM,
+    "gradcam": biomedclip_pb2.CAM_METHOD_GRADCAM,
+    "similarity": biomedclip_pb2.CAM_METHOD_SIMILARITY,
+}
+COLORMAPS = {
+    "jet": biomedclip_pb2.COLORMAP_JET,
+    "turbo": biomedclip_pb2.COLORMAP_TURBO,
+    "inferno": biomedclip_pb2.COLORMAP_INFERNO,
+    "hot": biomedclip_pb2.COLORMAP_HOT,
+}
+ANSWER_COLUMNS = ("answer_text", "answer", "reference_answer")
+SCENARIO_SHIFT_PX = 50  # scenario C: the prompt box is moved this far (the seed's robustness test)
+SHM = Path("/dev/shm")
+
+
+def _bgr(text: str) -> tuple[int, int, int]:
+    b, g, r = (int(v) for v in text.split(","))
+    return r, g, b
+
+
+class MedVQAOptions(Strict):
+    """The seed pipeline's config keys, with its defaults."""
+
+    STAGE: Literal["bbox", "heatmap", "segmentation"] = Field("segmentation", description="which stage runs")
+    MODE: Literal["inference", "gold"] = Field("inference", description="gold: use the table's boxes")
+    IMAGE_ROOT: str = Field("", description="folder image paths are relative to (default: the table's folder)")
+    PATH_COLUMN: str = "image_path"
+    QUESTION_COLUMN: str = "question"
+    BOX_COLUMN: str = Field("visual_locations", description="gold boxes [[x1,y1,x2,y2],...]")
+    GOLD_BOX_SPACE: int = Field(224, ge=1, description="gold boxes are given in this square reference space")
+    REGION_COLUMN: str = "visual_regions"
+    ANSWER_COLUMN: str = Field("", description="default: answer_text, answer or reference_answer")
+    USE_DYNAMIC_PROMPTS: bool = Field(True, description="the question is the prompt")
+    PROMPT: str = Field("", description="the prompt when USE_DYNAMIC_PROMPTS=false (ignored by the seed)")
+    FALLBACK_PROMPT: str = Field("medical abnormality", description="when the question is empty")
+    REGION_MODE: Literal["none", "join", "explode", "composite"] = Field(
+        "none", description="regions joined into one prompt, one item per region, or one box per region"
+    )
+    CAM_VERSION: str = Field("gScoreCAM", description="gScoreCAM | ScoreCAM | GradCAM | similarity")
+    CAM_METHOD: str = Field("", description="the heatmap stage's name for CAM_VERSION (wins when set)")
+    TOPK: int = Field(300, ge=1, description="gScoreCAM channels kept (the seed ignored it)")
+    CAM_THRESHOLD: float = Field(0.45, gt=0, lt=1)
+    ENABLE_MULTI_BOXES: bool = False
+    PAD_MAX: float = Field(0.25, ge=0)
+    PAD_MIN: float = Field(0.02, ge=0)
+    MIN_BOX_AREA: float = Field(0.005, ge=0, lt=1, description="honoured (the seed used 0.01 whatever was set)")
+    ENABLE_BODY_MASK: bool = True
+    ENABLE_SMART_PADDING: bool = True
+    ENABLE_ANATOMICAL_CHECK: bool = True
+    SKIP_CRF: bool = Field(True, description="DenseCRF refinement is not offered: must stay true")
+    BOX_COLOR: str = Field("0,0,255", description="B,G,R as in the seed (red)")
+    BOX_THICKNESS: int = Field(2, ge=1)
+    DRAW_LABELS: bool = False
+    COLORMAP: Literal["jet", "turbo", "inferno", "hot"] = "jet"
+    ALPHA: float = Field(0.5, ge=0, le=1)
+    SAVE_RAW_CAM: bool = False
+    SAVE_ORIGINAL: bool = False
+    COMPOSITE_MODE: bool = True
+    SCENARIO: Literal["A", "B", "C"] = Field("A", description="A clean box, B box drawn, C drawn + prompt shifted")
+    SAVE_VISUALS: bool = Field(True, description="write overlays (the manifest then points at them)")
+    DISABLE_MASK_SAVING: bool = False
+    SEGMENT_ALL_BOXES: bool = Field(False, description="segment every box (the seed used only the first)")
+    MEDSAM_CHECKPOINT: str = Field("medsam", description="informational: the MedSAM service's config decides")
+    BATCH_SIZE: int = Field(8, ge=1, description="items in flight at once")
+    LIMIT: int = Field(0, ge=0, description="process only the first N items (0 = all)")
+    STOP_AFTER: int = Field(0, ge=0, description="the same as LIMIT (the seed's other name)")
+    OUTPUT_FORMAT: Literal["jsonl", "images"] = "jsonl"
+
+    @field_validator("CAM_VERSION", "CAM_METHOD")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value and value.lower() not in CAM_METHODS:
+            raise ValueError(f"'{value}' is not one of gScoreCAM, ScoreCAM, GradCAM, similarity")
+        return value
+
+    @field_validator("SKIP_CRF")
+    @classmethod
+    def _no_crf(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("DenseCRF refinement is not offered; set SKIP_CRF=true")
+        return value
+
+    @field_validator("BOX_COLOR")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        try:
+            _bgr(value)
+        except ValueError:
+            raise ValueError(f"BOX_COLOR '{value}' is not B,G,R like 0,0,255") from None
+        return value
+
+    @property
+    def cam(self) -> biomedclip_pb2.CamOptions:
+        method = (self.CAM_METHOD or self.CAM_VERSION).lower()
+        return biomedclip_pb2.CamOptions(method=CAM_METHODS[method], top_k=self.TOPK if method == "gscorecam" else 0)
+
+    @property
+    def localize(self) -> biomedclip_pb2.LocalizeOptions:
+        return biomedclip_pb2.LocalizeOptions(
+            threshold=self.CAM_THRESHOLD,
+            threshold_mode=biomedclip_pb2.THRESHOLD_FIXED,
+            multi_box=self.ENABLE_MULTI_BOXES,
+            pad_max=self.PAD_MAX,
+            pad_min=self.PAD_MIN,
+            min_box_area=self.MIN_BOX_AREA,
+            body_mask=self.ENABLE_BODY_MASK,
+            smart_padding=self.ENABLE_SMART_PADDING,
+            anatomical_check=self.ENABLE_ANATOMICAL_CHECK,
+        )
+
+    @property
+    def limit(self) -> int:
+        return self.LIMIT or self.STOP_AFTER
+
+
+def _rel(path: Path, root: Path) -> str:
+    return str(PurePosixPath(path.relative_to(root)))
+
+
+class MedVQA(Pipeline[MedVQAOptions]):
+    name: ClassVar[str] = "medvqa"
+    description: ClassVar[str] = (
+        "BiomedCLIP boxes / heatmaps and MedSAM masks per (image, question) -> vqa_manifest.csv"
+    )
+    services: ClassVar[tuple[str, ...]] = ("biomedclip", "medsam")
+    options_schema: ClassVar[type[MedVQAOptions]] = MedVQAOptions
+
+    def concurrency(self, options: MedVQAOptions) -> int:
+        return options.BATCH_SIZE
+
+    # -- planning ---------------------------------------------------------------------------------------
+    def plan(self, input_path: Path, options: MedVQAOptions, data_root: Path) -> list[Item]:
+        rows = read_table(input_path)
+        image_root = confined(data_root, options.IMAGE_ROOT) if options.IMAGE_ROOT else input_path.parent
+        items: list[Item] = []
+        for index, row in enumerate(rows):
+            if options.PATH_COLUMN not in row:
+                raise InvalidInput(
+                    f"row {index} has no '{options.PATH_COLUMN}' column (PATH_COLUMN); columns: {', '.join(row)}"
+                )
+            raw_path = str(row[options.PATH_COLUMN])
+            image = (Path(raw_path) if Path(raw_path).is_absolute() else image_root / raw_path).resolve()
+            if not image.is_relative_to(data_root.resolve()):
+                raise InvalidInput(f"row {index}: image '{raw_path}' is outside the data root; keep images under it")
+            image_rel = _rel(image, data_root.resolve())
+            question = str(row.get(options.QUESTION_COLUMN) or "")
+            regions = parse_regions(row.get(options.REGION_COLUMN))
+            variants = [(r, [r]) for r in regions] if options.REGION_MODE == "explode" and regions else [("", regions)]
+            for region, item_regions in variants:
+                digest = hashlib.sha1(f"{question}|{region}".encode()).hexdigest()[:8]
+                key = f"{index}:{raw_path}:{digest}"
+                payload = {
+                    "row": {k: _jsonable(v) for k, v in row.items()},
+                    "index": index,
+                    "image": image_rel,
+                    "question": question,
+                    "regions": item_regions,
+                    "region": region,
+                }
+                items.append(Item(key=key, position=len(items), payload=payload))
+        return items[: options.limit] if options.limit else items
+
+    # -- one item ---------------------------------------------------------------------------------------
+    def process(self, item: Item, ctx: StepContext[MedVQAOptions]) -> dict[str, Any]:
+        o = ctx.options
+        p = item.payload
+        image_path = confined(ctx.data_root, p["image"])
+        data = image_path.read_bytes()
+        image = _decode(data, p["image"])
+        stem = Path(p["image"]).stem + f"_idx{p['index']}" + (f"_{_slug(p['region'])}" if p["region"] else "")
+        prompts = self._prompts(p, o)
+        record: dict[str, Any] = {"prompt_used": " | ".join(prompts), "mode": o.MODE, "stage": o.STAGE}
+        if o.STAGE == "heatmap":
+            shown = self._heatmap(item, ctx, data, prompts[0], stem)
+            record["heatmap"] = shown
+        else:
+            boxes, notes = self._boxes(item, ctx, data, image, prompts)
+            record["predicted_boxes"] = [[round(v, 2) for v in b] for b in boxes]
+            if notes:
+                record["notes"] = notes
+            if o.STAGE == "bbox":
+                shown = self._draw(ctx, image, boxes, stem + Path(p["image"]).suffix.lower(), prompts)
+            else:
+                shown, mask_paths = self._segment(item, ctx, image, boxes, stem)
+                record["masks"] = mask_paths
+        record["image_path"] = shown
+        record["processed_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        return record
+
+    def _prompts(self, p: dict[str, Any], o: MedVQAOptions) -> list[str]:
+        if o.REGION_MODE == "composite" and p["regions"]:
+            return list(p["regions"])
+        if o.REGION_MODE in ("join", "explode") and p["regions"]:
+            return [", ".join(p["regions"])]
+        if o.USE_DYNAMIC_PROMPTS:
+            return [p["question"].strip() or o.FALLBACK_PROMPT]
+        return [o.PROMPT.strip() or o.FALLBACK_PROMPT]
+
+    def _boxes(
+        self, item: Item, ctx: StepContext[MedVQAOptions], data: bytes, image: np.ndarray, prompts: list[str]
+    ) -> tuple[list[list[float]], list[str]]:
+        o = ctx.options
+        h, w = image.shape[:2]
+        if o.MODE == "gold":
+            gold = parse_boxes(item.payload["row"].get(o.BOX_COLUMN))
+            scale = np.array([w, h, w, h]) / o.GOLD_BOX_SPACE
+            return [list(np.clip(np.array(b) * scale, 0, [w, h, w, h]).astype(float)) for b in gold], (
+                [] if gold else [f"no gold boxes in column {o.BOX_COLUMN}"]
+            )
+        request = biomedclip_pb2.LocalizeRequest(
+            items=[
+                biomedclip_pb2.PromptedImage(image=types_pb2.Image(encoded=data), prompt=prompt) for prompt in prompts
+            ],
+            cam=o.cam,
+            options=o.localize,
+        )
+        response = ctx.clients["biomedclip"].call("Localize", request, ctx.request_id(item, "localize"))
+        boxes, notes = [], []
+        for prompt, result in zip(prompts, response.results, strict=True):
+            found = [[b.box.x1, b.box.y1, b.box.x2, b.box.y2] for b in result.boxes]
+            if not found and result.reason:
+                notes.append(f"{prompt}: {result.reason}")
+            notes += list(result.notes)
+            boxes += found if (o.ENABLE_MULTI_BOXES or o.REGION_MODE == "composite") else found[:1]
+        return boxes, notes
+
+    def _draw(
+        self,
+        ctx: StepContext[MedVQAOptions],
+        image: np.ndarray,
+        boxes: list[list[float]],
+        name: str,
+        prompts: list[str],
+    ) -> str:
+        o = ctx.options
+        labels = [prompts[min(i, len(prompts) - 1)] for i in range(len(boxes))] if o.DRAW_LABELS else None
+        picture = draw_boxes(image, boxes, _bgr(o.BOX_COLOR), o.BOX_THICKNESS, labels)
+        path = ctx.output_dir / name
+        files.write_bytes(path, _encode(picture, path.suffix))
+        return _rel(path, ctx.output_dir)
+
+    def _heatmap(self, item: Item, ctx: StepContext[MedVQAOptions], data: bytes, prompt: str, stem: str) -> str:
+        o = ctx.options
+        request = biomedclip_pb2.HeatmapRequest(
+            items=[biomedclip_pb2.PromptedImage(image=types_pb2.Image(encoded=data), prompt=prompt)],
+            cam=o.cam,
+            render=biomedclip_pb2.RenderOptions(
+                composite=True, colormap=COLORMAPS[o.COLORMAP], alpha=o.ALPHA if o.COMPOSITE_MODE else 1.0,
+                label=prompt if o.DRAW_LABELS else "",
+            ),
+        )  # fmt: skip
+        (result,) = ctx.clients["biomedclip"].call("Heatmap", request, ctx.request_id(item, "heatmap")).results
+        path = files.write_bytes(ctx.output_dir / f"{stem}.png", result.composite_png)
+        if o.SAVE_RAW_CAM:
+            heat = tensor_to_numpy(result.heatmap, SHM)
+            files.write_png(ctx.output_dir / f"{stem}_raw_cam.png", (np.clip(heat, 0, 1) * 255).astype(np.uint8))
+        if o.SAVE_ORIGINAL:
+            files.write_bytes(ctx.output_dir / f"{stem}_original{Path(item.payload['image']).suffix}", data)
+        return _rel(path, ctx.output_dir)
+
+    def _segment(
+        self, item: Item, ctx: StepContext[MedVQAOptions], image: np.ndarray, boxes: list[list[float]], stem: str
+    ) -> tuple[str, list[str]]:
+        o = ctx.options
+        if not boxes:  # nothing to segment: the VQA step still gets the image, unmarked
+            path = files.write_png(ctx.output_dir / "overlays" / f"{stem}_overlay.png", image)
+            return _rel(path, ctx.output_dir), []
+        chosen = boxes if o.SEGMENT_ALL_BOXES else boxes[:1]
+        h, w = image.shape[:2]
+        shown = image
+        prompt_boxes = [list(b) for b in chosen]
+        if o.SCENARIO in ("B", "C"):  # the box is drawn into the image MedSAM sees
+            shown = draw_boxes(image, chosen, (255, 0, 0), 5)
+        if o.SCENARIO == "C":
+            prompt_boxes = [_shift(b, SCENARIO_SHIFT_PX, w, h) for b in chosen]
+        request = medsam_pb2.SegmentRequest(
+            items=[
+                medsam_pb2.SegmentItem(
+                    image=types_pb2.Image(encoded=_encode(shown, ".png")),
+                    boxes=[types_pb2.BoxXYXY(x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for b in prompt_boxes],
+                )
+            ]
+        )
+        (result,) = ctx.clients["medsam"].call("Segment", request, ctx.request_id(item, "segment")).results
+        masks = tensor_to_numpy(result.masks, SHM)
+        mask_paths = []
+        if not o.DISABLE_MASK_SAVING:
+            path = files.write_png(
+                ctx.output_dir / "masks" / f"{stem}_mask.png", (masks.max(axis=0) * 255).astype(np.uint8)
+            )
+            mask_paths.append(_rel(path, ctx.output_dir))
+        if not o.SAVE_VISUALS and mask_paths:
+            return mask_paths[0], mask_paths
+        overlay = overlay_masks(image, masks, np.array(prompt_boxes), box_color=CYAN)
+        path = files.write_png(ctx.output_dir / "overlays" / f"{stem}_overlay.png", overlay)
+        return _rel(path, ctx.output_dir), mask_paths
+
+    # -- job outputs ------------------------------------------------------------------------------------
+    def finalize(self, job: JobRecord, items: list[Item], ctx: StepContext[MedVQAOptions]) -> dict[str, str]:
+        o = ctx.options
+        done = [i for i in items if i.state == ItemState.DONE]
+        manifest_rows = [[i.outputs["image_path"], i.payload["question"], _answer(i.payload["row"], o)] for i in done]
+        manifest = files.write_csv(
+            ctx.output_dir / "vqa_manifest.csv", ["image_path", "question", "answer"], manifest_rows
+        )
+        predictions = files.write_jsonl(
+            ctx.output_dir / "predictions.jsonl",
+            ({**i.payload["row"], **i.outputs, "image_path": i.outputs["image_path"]} for i in done),
+        )
+        failed = [i for i in items if i.state == ItemState.FAILED]
+        lines = [
+            f"medvqa job {job.id}: stage {o.STAGE}, mode {o.MODE}",
+            f"input: {job.request['input']}",
+            f"items: {len(items)}  done: {len(done)}  failed: {len(failed)}",
+            f"options: {json.dumps(o.model_dump(mode='json'), sort_keys=True)}",
+            "",
+            *(f"FAILED {i.key}: {i.error}" for i in failed),
+        ]
+        report = files.write_text(ctx.output_dir / "report.txt", "\n".join(lines) + "\n")
+        return {
+            "manifest": _rel(manifest, ctx.data_root),
+            "predictions": _rel(predictions, ctx.data_root),
+            "report": _rel(report, ctx.data_root),
+        }
+
+
+def _answer(row: dict[str, Any], o: MedVQAOptions) -> str:
+    columns = (o.ANSWER_COLUMN,) if o.ANSWER_COLUMN else ANSWER_COLUMNS
+    for column in columns:
+        if row.get(column) not in (None, ""):
+            return str(row[column])
+    return ""
+
+
+def _shift(box: list[float], shift: float, w: int, h: int) -> list[float]:
+    dx = min(shift, w - box[2])
+    dy = min(shift, h - box[3])
+    return [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]
+
+
+def _decode(data: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+    except Exception as exc:
+        raise InvalidInput(f"image {name} cannot be decoded: {exc}") from None
+
+
+def _encode(picture: np.ndarray, suffix: str) -> bytes:
+    buffer = io.BytesIO()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix.lower(), "PNG")
+    Image.fromarray(picture).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)[:40]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -1,0 +1,218 @@
+"""modelyard.v1.Gateway over gRPC, and its bootstrap (`modelyard gateway serve`)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.registry import Collector
+from pydantic import ValidationError
+
+from modelyard.gateway.auth import TokenInterceptor
+from modelyard.gateway.calls import ServiceClient
+from modelyard.gateway.config import GatewayConfig
+from modelyard.gateway.engine import Engine, Event, parse_config_text
+from modelyard.gateway.jobs import ItemState, JobStore
+from modelyard.gateway.metrics import GatewayMetrics
+from modelyard.gateway.pipelines import PIPELINES, STUBS
+from modelyard.runtime import logs
+from modelyard.runtime.config import parse_config
+from modelyard.runtime.errors import ConfigError, ModelyardError
+from modelyard.runtime.metrics import ServiceMetrics
+from modelyard.runtime.server import RequestInterceptor
+from modelyard.v1 import gateway_pb2, gateway_pb2_grpc
+
+log = logging.getLogger("modelyard.gateway")
+SERVICE_NAME = "modelyard.v1.Gateway"
+
+
+class _Forward(Collector):
+    """Serves the request metrics (latency per RPC) from the gateway's registry too."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._registry.collect()
+
+
+def job_message(event: Event) -> gateway_pb2.Job:
+    job = event.job
+    counts = job.counts
+    return gateway_pb2.Job(
+        id=job.id,
+        pipeline=job.pipeline,
+        state=job.state.value,
+        total=job.total,
+        done=counts.get(ItemState.DONE.value, 0),
+        failed=counts.get(ItemState.FAILED.value, 0),
+        pending=counts.get(ItemState.PENDING.value, 0),
+        running=counts.get(ItemState.RUNNING.value, 0),
+        resumed=event.resumed,
+        output=str(job.request.get("output", "")),
+        error=job.error,
+        created=job.created,
+        updated=job.updated,
+        summary=event.summary or {},
+    )
+
+
+def event_message(event: Event) -> gateway_pb2.JobEvent:
+    message = gateway_pb2.JobEvent(job=job_message(event))
+    if event.item is not None:
+        item = event.item
+        message.item.CopyFrom(
+            gateway_pb2.ItemEvent(
+                key=item.key,
+                position=item.position,
+                state=item.state.value,
+                error=item.error,
+                attempts=item.attempts,
+                outputs={k: str(v) for k, v in item.outputs.items() if isinstance(v, (str, int, float))},
+            )
+        )
+    return message
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def ListPipelines(self, request: Any, context: grpc.ServicerContext) -> gateway_pb2.ListPipelinesResponse:
+        infos = []
+        for name, pipeline in sorted(self.engine.pipelines.items()):
+            options = [
+                gateway_pb2.PipelineOption(
+                    name=field_name,
+                    type=getattr(field.annotation, "__name__", str(field.annotation)),
+                    default="" if field.default is None else str(field.default),
+                    help=field.description or "",
+                )
+                for field_name, field in pipeline.options_schema.model_fields.items()
+            ]
+            infos.append(
+                gateway_pb2.PipelineInfo(
+                    name=name, description=pipeline.description, services=list(pipeline.services), options=options
+                )
+            )
+        return gateway_pb2.ListPipelinesResponse(pipelines=infos)
+
+    def _submit(self, request: gateway_pb2.JobRequest) -> Event:
+        options = {**parse_config_text(request.config_text), **dict(request.options)}
+        return self.engine.submit(request.pipeline, request.input, request.output, options)
+
+    def SubmitJob(self, request: gateway_pb2.JobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
+        return job_message(self._submit(request))
+
+    def RunPipeline(self, request: gateway_pb2.JobRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        first = self._submit(request)
+        yield event_message(first)
+        stop = threading.Event()
+        context.add_callback(stop.set)  # the caller went away: stop streaming (the job goes on)
+        for event in self.engine.watch(first.job.id, stop):
+            yield event_message(event)
+
+    def GetJob(self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
+        return job_message(Event(self.engine.get(request.id)))
+
+    def WatchJob(self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        stop = threading.Event()
+        context.add_callback(stop.set)
+        for event in self.engine.watch(request.id, stop):
+            yield event_message(event)
+
+    def ListJobs(self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext) -> Any:
+        jobs = self.engine.store.list_jobs(request.limit or 100)
+        return gateway_pb2.ListJobsResponse(jobs=[job_message(Event(j)) for j in jobs])
+
+    def CancelJob(self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
+        return job_message(Event(self.engine.cancel(request.id)))
+
+
+def load_gateway_config(path: str) -> GatewayConfig:
+    file = Path(path).expanduser().absolute()
+    if not file.is_file():
+        from modelyard.runtime.paths import explain_missing
+
+        raise ConfigError(explain_missing(path, file, "gateway config file"))
+    data = yaml.safe_load(file.read_text()) or {}
+    try:
+        return GatewayConfig.model_validate(data, context={"base_dir": file.parent})
+    except ValidationError:
+        # Reuse the services' error wording (unknown keys by name, every problem at once).
+        parse_config({"model": data}, GatewayConfig, file.parent, str(file))
+        raise
+
+
+def build_engine(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> Engine:
+    clients = {
+        name: ServiceClient(
+            name,
+            STUBS[name],
+            endpoint,
+            on_retry=metrics.on_retry if metrics else None,
+            on_call=metrics.on_call if metrics else None,
+        )
+        for name, endpoint in config.services.items()
+        if name in STUBS
+    }
+    unknown = sorted(set(config.services) - set(STUBS))
+    if unknown:
+        raise ConfigError(f"unknown services in the gateway config: {', '.join(unknown)}; known: {', '.join(STUBS)}")
+    return Engine(JobStore(config.store_path), dict(PIPELINES), clients, config.data_root, config.workers)
+
+
+def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | None) -> int:
+    logs.configure()
+    try:
+        config = load_gateway_config(config_path)
+        gateway_metrics = GatewayMetrics(config.store_path)
+        engine = build_engine(config, gateway_metrics)
+    except ModelyardError as exc:
+        log.error(exc.message, extra={"fields": {"service": "gateway"}})
+        return 2
+    metrics = ServiceMetrics("gateway")
+    gateway_metrics.registry.register(_Forward(metrics.registry))
+    interceptors: list[grpc.ServerInterceptor] = []
+    if config.token_file is not None:
+        interceptors.append(TokenInterceptor(config.token_file.read_text().strip()))
+    interceptors.append(RequestInterceptor("gateway", metrics, 64 << 20))
+    server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"), interceptors=interceptors)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(engine), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
+    address = f"{bind}:{port}"
+    if config.tls is not None:
+        credentials = grpc.ssl_server_credentials([(config.tls.key.read_bytes(), config.tls.cert.read_bytes())])
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
+    server.start()
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=gateway_metrics.registry)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening", extra={"fields": {"service": "gateway", "port": bound, "data_root": str(config.data_root)}})
+    if config.resume_on_start:
+        resumed = engine.resume_unfinished()
+        if resumed:
+            log.info("resumed jobs", extra={"fields": {"service": "gateway", "jobs": resumed}})
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.stop(10).wait()
+    return 0

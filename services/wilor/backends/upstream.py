@@ -1,0 +1,246 @@
+"""The upstream backend: the official WiLoR code (a checkout on the models volume), run the way its demo runs
+it, with what the demo leaves out filled in.
+
+- Detector: Ultralytics YOLO (`detector.pt`) on the **BGR** frame (the demo feeds cv2.imread output), one call
+  for all frames of a batch; per hand the box, score and class (0 left, 1 right).
+- Reconstruction: WiLoR's own ViTDetDataset crops (BGR in; it converts to RGB, mirrors left hands, normalises)
+  for the hands of every frame of the batch, `hands_per_batch` hands per forward pass.
+- Outputs (conversions.wilor_hands): left hands un-mirrored — joints, vertices and MANO rotations, axis-angle
+  for the MANO left-hand model; 2D keypoints in full-image pixels; 3D joints, vertices and the camera
+  translation in the full image's camera (focal 5000/256 * max(W,H) unless the request gives one).
+
+Needs WiLoR's own environment (its requirements: torch, smplx, pytorch-lightning, ultralytics, pyrender, ...)
+plus modelyard; nothing of WiLoR is shipped or fetched here. The checkout is put on sys.path: this process
+runs only this model, so its `wilor` package cannot clash with anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelyard.runtime.errors import ConfigError
+from modelyard.runtime.host import sha256_of
+from modelyard.wilor.config import UpstreamSettings, WiLoRConfig
+from modelyard.wilor.conversions import default_focal_length, rgb_to_bgr, wilor_hands
+from modelyard.wilor.hands import ALWAYS_FILLED, MANO_FIELDS, Hand, Query
+
+log = logging.getLogger("modelyard.wilor")
+MANO_FILES = ("MANO_RIGHT.pkl", "mano_mean_params.npz")
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A hand waiting for reconstruction: its query, box, detector score and given-box index."""
+
+    query: int
+    box: np.ndarray
+    score: float | None
+    given: int | None
+
+
+def _import_upstream(checkout: Path) -> tuple[Any, Any, Any, Any]:
+    """WiLoR's model class, config reader and crop dataset, and Ultralytics' YOLO, from the checkout."""
+    if not (checkout / "wilor" / "models").is_dir():
+        raise ConfigError(f"{checkout} is not a WiLoR checkout: it has no wilor/models folder")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        from ultralytics import YOLO
+
+        from wilor.configs import get_config
+        from wilor.datasets.vitdet_dataset import ViTDetDataset
+        from wilor.models import WiLoR
+    except Exception as exc:  # ImportError, or EGL/OpenGL errors from pyrender's import
+        raise ConfigError(
+            f"the WiLoR code in {checkout} cannot be imported ({type(exc).__name__}: {exc}). Run this backend in "
+            "WiLoR's own environment (Python 3.10, its requirements.txt); if pyrender fails on EGL, set "
+            "PYOPENGL_PLATFORM=osmesa or install the EGL libraries — nothing is rendered here"
+        ) from None
+    return WiLoR, get_config, ViTDetDataset, YOLO
+
+
+def _model_config(get_config: Any, settings: UpstreamSettings) -> Any:
+    """WiLoR's config as its load_wilor prepares it, with MANO read from the configured folder (not ./mano_data)."""
+    missing = [name for name in MANO_FILES if not (settings.mano_dir / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"{settings.mano_dir} lacks {', '.join(missing)}: MANO_RIGHT.pkl comes from the MANO website "
+            "(registration), mano_mean_params.npz from the WiLoR checkout's mano_data/"
+        )
+    cfg = get_config(str(settings.config), update_cachedir=False)
+    cfg.defrost()
+    if "vit" in str(cfg.MODEL.BACKBONE.TYPE) and "BBOX_SHAPE" not in cfg.MODEL:
+        cfg.MODEL.BBOX_SHAPE = [192, 256]
+    if "PRETRAINED_WEIGHTS" in cfg.MODEL.BACKBONE:
+        cfg.MODEL.BACKBONE.pop("PRETRAINED_WEIGHTS")
+    cfg.MANO.DATA_DIR = str(settings.mano_dir)
+    cfg.MANO.MODEL_PATH = str(settings.mano_dir)
+    cfg.MANO.MEAN_PARAMS = str(settings.mano_dir / "mano_mean_params.npz")
+    cfg.freeze()
+    return cfg
+
+
+def _read_state_dict(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    try:
+        checkpoint: Any = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as exc:
+        if not trust_pickle and ("weights_only" in str(exc) or "Unpickl" in type(exc).__name__):
+            raise ConfigError(
+                f"checkpoint {path} holds Python objects besides tensors (WiLoR's Lightning checkpoints keep their "
+                "config in it), which are not loaded by default; if you trust the file, set "
+                "model.upstream.trust_checkpoint_pickle: true"
+            ) from None
+        raise ConfigError(f"checkpoint {path} cannot be read by torch.load: {exc}") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"checkpoint {path} has no 'state_dict': not a WiLoR (Lightning) checkpoint")
+    return state
+
+
+class UpstreamWiLoR:
+    name = "upstream"
+    filled_fields = (*ALWAYS_FILLED, "score", *MANO_FIELDS)
+
+    def __init__(self, config: WiLoRConfig, device: str) -> None:
+        assert config.upstream is not None  # the config schema requires the section for this backend
+        self.config = config
+        self.settings = config.upstream
+        self.device = device
+
+    def load(self) -> None:
+        s = self.settings
+        wilor_class, get_config, self._dataset, yolo = _import_upstream(s.checkout)
+        self.model_cfg = _model_config(get_config, s)
+        model = wilor_class(self.model_cfg, init_renderer=False)
+        result = model.load_state_dict(_read_state_dict(s.checkpoint, s.trust_checkpoint_pickle), strict=False)
+        # WiLoR loads non-strictly (its checkpoint also holds the training discriminator); the parts that
+        # predict must all be there.
+        missing = [k for k in result.missing_keys if k.startswith(("backbone.", "refine_net."))]
+        if missing:
+            raise ConfigError(
+                f"checkpoint {s.checkpoint} lacks {len(missing)} weights of the network "
+                f"(e.g. {', '.join(missing[:3])}): not wilor_final.ckpt, or another WiLoR version than the checkout's"
+            )
+        self.model = model.to(self.device).eval()
+        self.detector = yolo(str(s.detector))
+        self.checkpoint_sha256 = sha256_of(s.checkpoint)
+
+    def close(self) -> None:
+        self.model = self.detector = None
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "model": "WiLoR (ViT-H backbone + refinement, MANO)",
+            "backend": "upstream WiLoR",
+            "checkpoint": str(s.checkpoint),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "architecture": {
+                "image_size": int(self.model_cfg.MODEL.IMAGE_SIZE),
+                "bbox_shape": list(self.model_cfg.MODEL.BBOX_SHAPE),
+                "focal_length": float(self.model_cfg.EXTRA.FOCAL_LENGTH),
+            },
+            "details": {"checkout": str(s.checkout), "detector": str(s.detector), "mano_dir": str(s.mano_dir)},
+        }
+
+    # -- inference ------------------------------------------------------------------------------------
+    def run(self, queries: list[Query]) -> list[list[Hand] | Exception]:
+        bgr = [rgb_to_bgr(q.image) for q in queries]
+        detections = self._detect([(i, bgr[i]) for i, q in enumerate(queries) if q.boxes is None], queries)
+        items: list[dict[str, Any]] = []  # WiLoR's crops, one per hand
+        pending: list[_Pending] = []
+        for i, query in enumerate(queries):
+            if query.boxes is not None:
+                assert query.is_right is not None
+                boxes, right = query.boxes, query.is_right.astype(np.float64)
+                scores: list[float | None] = [None] * len(boxes)
+                given: list[int | None] = list(range(len(boxes)))
+            else:
+                boxes, right, det_scores = detections[i]
+                scores, given = list(det_scores), [None] * len(boxes)
+            if len(boxes) == 0:
+                continue
+            dataset = self._dataset(
+                self.model_cfg,
+                bgr[i],
+                np.asarray(boxes, np.float64),
+                right,
+                rescale_factor=query.options.rescale_factor,
+            )
+            for k in range(len(dataset)):
+                items.append(dataset[k])
+                pending.append(_Pending(i, np.asarray(boxes[k], np.float64), scores[k], given[k]))
+        results: list[list[Hand]] = [[] for _ in queries]
+        step = self.settings.hands_per_batch
+        for start in range(0, len(items), step):
+            chunk = pending[start : start + step]
+            for hand_of, hand in zip(
+                chunk, self._reconstruct(items[start : start + step], chunk, queries), strict=True
+            ):
+                results[hand_of.query].append(hand)
+        return list(results)
+
+    def _detect(
+        self, frames: list[tuple[int, np.ndarray]], queries: list[Query]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per query index: boxes (N,4), is_right (N,) as 0/1, scores (N,), best first, within its options.
+        One detector call for all frames, at the lowest threshold asked for; each frame then keeps its own."""
+        if not frames:
+            return {}
+        conf = min(queries[i].options.detection_confidence for i, _ in frames)
+        predictions = self.detector([image for _, image in frames], conf=conf, verbose=False, device=self.device)
+        found = {}
+        for (i, _), prediction in zip(frames, predictions, strict=True):
+            data = prediction.boxes.data.detach().cpu().numpy().astype(np.float64)
+            data = data.reshape(len(data), -1) if data.size else np.zeros((0, 6))
+            # rows: x1, y1, x2, y2, [track id,] confidence, class (0 left, 1 right)
+            opts = queries[i].options
+            data = data[data[:, -2] >= opts.detection_confidence]
+            data = data[np.argsort(-data[:, -2], kind="stable")][: opts.max_hands]
+            found[i] = (data[:, :4], (data[:, -1] > 0.5).astype(np.float64), data[:, -2])
+        return found
+
+    def _reconstruct(self, items: list[dict[str, Any]], pending: list[_Pending], queries: list[Query]) -> list[Hand]:
+        batch = torch.utils.data.default_collate(items)
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out = self.model(batch)
+        params = out["pred_mano_params"]
+        outputs = {
+            "pred_cam": out["pred_cam"],
+            "pred_keypoints_3d": out["pred_keypoints_3d"],
+            "pred_keypoints_2d": out["pred_keypoints_2d"],
+            "pred_vertices": out["pred_vertices"],
+            "global_orient": params["global_orient"],
+            "hand_pose": params["hand_pose"],
+            "betas": params["betas"],
+        }
+        host = {k: v.detach().float().cpu().numpy() for k, v in outputs.items()}
+        image_sizes = batch["img_size"].detach().cpu().numpy().astype(np.float64)  # (W, H) per hand
+        options = [queries[p.query].options for p in pending]
+        focal = np.array(
+            [
+                opts.focal_length or default_focal_length(queries[p.query].width, queries[p.query].height)
+                for p, opts in zip(pending, options, strict=True)
+            ]
+        )
+        return wilor_hands(
+            host,
+            boxes=np.array([p.box for p in pending]),
+            is_right=batch["right"].detach().cpu().numpy() > 0.5,
+            centres=batch["box_center"].detach().cpu().numpy().astype(np.float64),
+            sizes=batch["box_size"].detach().cpu().numpy().astype(np.float64).reshape(-1),
+            image_sizes=image_sizes,
+            focal_lengths=focal,
+            scores=[p.score for p in pending],
+            given_index=[p.given for p in pending],
+            skip_vertices=[opts.skip_vertices for opts in options],
+        )

@@ -1,0 +1,128 @@
+"""Gateway → service calls: what is retried, what is not, failover, deadlines, one request id per call."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from modelyard.gateway.calls import CallFailed, EndpointConfig, ServiceClient
+from modelyard.runtime.launch import free_port
+from modelyard.v1 import echo_pb2, echo_pb2_grpc
+
+
+class Flaky(echo_pb2_grpc.EchoServicer):
+    """Fails the first `failures` calls with `code`, optionally sleeping first; records request ids."""
+
+    def __init__(self, code: grpc.StatusCode, failures: int, sleep_s: float = 0.0) -> None:
+        self.code, self.failures, self.sleep_s = code, failures, sleep_s
+        self.request_ids: list[str] = []
+        self.lock = threading.Lock()
+
+    def Echo(self, request: echo_pb2.EchoRequest, context: grpc.ServicerContext) -> echo_pb2.EchoResponse:
+        with self.lock:
+            self.request_ids.append(dict(context.invocation_metadata())["x-request-id"])
+            failing = len(self.request_ids) <= self.failures
+        if failing and self.sleep_s:
+            time.sleep(self.sleep_s)
+        if failing:
+            context.abort(self.code, f"simulated {self.code.name}")
+        return echo_pb2.EchoResponse(array=request.array)
+
+
+def serve(servicer: Flaky) -> tuple[grpc.Server, str]:
+    server = grpc.server(ThreadPoolExecutor(4))
+    echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[Flaky, str]]:
+    servicer = Flaky(grpc.StatusCode.UNAVAILABLE, 2)
+    server, address = serve(servicer)
+    yield servicer, address
+    server.stop(0)
+
+
+def client(*addresses: str, **overrides: float | int) -> ServiceClient:
+    settings = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "attempt_timeout_s": 5.0, **overrides}
+    config = EndpointConfig(addresses=list(addresses), **settings)
+    return ServiceClient("echo", echo_pb2_grpc.EchoStub, config)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ],
+)
+def test_retryable_codes_are_retried_with_the_same_request_id(code: grpc.StatusCode) -> None:
+    servicer = Flaky(code, failures=2)
+    server, address = serve(servicer)
+    try:
+        assert client(address).call("Echo", echo_pb2.EchoRequest(), request_id="item-7") is not None
+        assert servicer.request_ids == ["item-7"] * 3
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INTERNAL]
+)
+def test_other_codes_fail_at_once_with_the_services_message(code: grpc.StatusCode) -> None:
+    servicer = Flaky(code, failures=5)
+    server, address = serve(servicer)
+    try:
+        with pytest.raises(CallFailed) as err:
+            client(address).call("Echo", echo_pb2.EchoRequest())
+        assert err.value.code == code and err.value.attempts == 1
+        assert err.value.message == f"simulated {code.name}"
+        assert len(servicer.request_ids) == 1
+    finally:
+        server.stop(0)
+
+
+def test_retries_are_bounded_by_attempts(flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    servicer.failures = 100
+    with pytest.raises(CallFailed) as err:
+        client(address, max_attempts=4).call("Echo", echo_pb2.EchoRequest())
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.attempts == 4
+
+
+def test_retries_are_bounded_by_total_time(flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    servicer.failures = 10_000
+    started = time.monotonic()
+    with pytest.raises(CallFailed):
+        client(address, max_attempts=10_000, max_total_s=0.5).call("Echo", echo_pb2.EchoRequest())
+    assert time.monotonic() - started < 3
+
+
+def test_each_attempt_has_its_own_deadline() -> None:
+    servicer = Flaky(grpc.StatusCode.UNAVAILABLE, failures=1, sleep_s=1.0)  # the first call hangs past its deadline
+    server, address = serve(servicer)
+    try:
+        assert client(address, attempt_timeout_s=0.3).call("Echo", echo_pb2.EchoRequest()) is not None
+        assert len(servicer.request_ids) == 2
+    finally:
+        server.stop(0)
+
+
+def test_a_dead_replica_fails_over_to_a_live_one(flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    servicer.failures = 0
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    echo = client(dead, address)
+    for _ in range(4):
+        assert echo.call("Echo", echo_pb2.EchoRequest()) is not None
+    assert len(servicer.request_ids) == 4
