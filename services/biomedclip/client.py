@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
-from modelyard.runtime.client import channel, request_metadata, wait_until_serving
+from modelyard.runtime.client import ModelClient, request_metadata
 from modelyard.v1 import biomedclip_pb2, biomedclip_pb2_grpc, types_pb2
 
 METHODS = {
@@ -53,14 +53,9 @@ class LocalizeAnswer:
     boxes_png: bytes
 
 
-class BiomedCLIPClient:
-    def __init__(self, address: str, timeout: float = 300.0) -> None:
-        self.channel = channel(address)
-        self.stub = biomedclip_pb2_grpc.BiomedCLIPStub(self.channel)
-        self.timeout = timeout
-
-    def wait_until_serving(self, timeout: float = 120.0) -> None:
-        wait_until_serving(self.channel, "modelyard.v1.BiomedCLIP", timeout)
+class BiomedCLIPClient(ModelClient):
+    service = "modelyard.v1.BiomedCLIP"
+    stub_class = biomedclip_pb2_grpc.BiomedCLIPStub
 
     def _call(self, method: str, request: Any) -> Any:
         return getattr(self.stub, method)(request, timeout=self.timeout, metadata=request_metadata())
@@ -130,12 +125,6 @@ class BiomedCLIPClient:
             heatmap=tensor_to_numpy(r.heatmap, SHM) if r.HasField("heatmap") else None,
             boxes_png=r.boxes_png,
         )
-
-    def info(self) -> types_pb2.ModelInfo:
-        return self.stub.Info(types_pb2.InfoRequest(), timeout=self.timeout)
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 # -- commands ---------------------------------------------------------------------------------------------

@@ -109,14 +109,6 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
                 self._settings = ImageSettings.from_config(files.model_cfg, files.preprocess_cfg)
         return self._settings
 
-    @staticmethod
-    def _progress(context: grpc.ServicerContext) -> Progress:
-        """Progress for a map request's items: the model drops them between mask chunks once the call ends
-        (cancelled, deadline passed), also when the model runs in this very thread."""
-        progress = Progress()
-        context.add_callback(progress.cancel)
-        return progress
-
     def _count(self, count: int, what: str) -> None:
         if count == 0:
             raise InvalidInput(f"the request holds no {what}: send at least one")
@@ -236,7 +228,7 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
         alpha = render.alpha if render.HasField("alpha") else self.config.render.alpha
         if not 0 <= alpha <= 1:
             raise InvalidInput(f"render.alpha {alpha} must be within [0, 1]")
-        progress = self._progress(context)
+        progress = Progress()  # the host makes it watch the call, so the model stops when the caller goes
         items, images = self._cam_items(request.items, method, top_k, progress)
         results: list[Heatmap] = self.host.run(items, context, progress)
         out = OutputWriter.optional(request.output_region, self.host.runtime.shared_memory_dir)
@@ -266,7 +258,7 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
     ) -> biomedclip_pb2.LocalizeResponse:
         method, top_k = self._cam(request.cam)
         options = localize_settings(self.config.localize, request.options)
-        progress = self._progress(context)
+        progress = Progress()  # the host makes it watch the call, so the model stops when the caller goes
         items, images = self._cam_items(request.items, method, top_k, progress)
         results: list[Heatmap] = self.host.run(items, context, progress)
         style = self.config.render

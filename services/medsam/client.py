@@ -11,21 +11,16 @@ import numpy as np
 from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
-from modelyard.runtime.client import channel, request_metadata, wait_until_serving
+from modelyard.runtime.client import ModelClient, request_metadata
 from modelyard.runtime.render import overlay_masks
 from modelyard.v1 import medsam_pb2, medsam_pb2_grpc, types_pb2
 
 _INTENSITY = {"auto": medsam_pb2.INTENSITY_AUTO, "ct": medsam_pb2.INTENSITY_CT, "mr": medsam_pb2.INTENSITY_MR}
 
 
-class MedSAMClient:
-    def __init__(self, address: str, timeout: float = 300.0) -> None:
-        self.channel = channel(address)
-        self.stub = medsam_pb2_grpc.MedSAMStub(self.channel)
-        self.timeout = timeout
-
-    def wait_until_serving(self, timeout: float = 120.0) -> None:
-        wait_until_serving(self.channel, "modelyard.v1.MedSAM", timeout)
+class MedSAMClient(ModelClient):
+    service = "modelyard.v1.MedSAM"
+    stub_class = medsam_pb2_grpc.MedSAMStub
 
     def segment(
         self,
@@ -48,12 +43,6 @@ class MedSAMClient:
         )
         result = response.results[0]
         return tensor_to_numpy(result.masks, Path("/dev/shm")), np.array(result.scores, np.float32)
-
-    def info(self) -> types_pb2.ModelInfo:
-        return self.stub.Info(types_pb2.InfoRequest(), timeout=self.timeout)
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 def _box(text: str) -> tuple[float, float, float, float]:

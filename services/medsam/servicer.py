@@ -8,7 +8,7 @@ import numpy as np
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.model import SegmentItem
 from modelyard.medsam.preprocess import CT_LEVEL, CT_WIDTH, Intensity, resize_normalise, to_rgb_uint8
-from modelyard.runtime.arrays import OutputWriter, decode_image, numpy_to_tensor
+from modelyard.runtime.arrays import OutputWriter, check_box, decode_image, numpy_to_tensor
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.host import ModelHost
 from modelyard.v1 import medsam_pb2, medsam_pb2_grpc, types_pb2
@@ -30,14 +30,8 @@ def validate_boxes(msgs: list[types_pb2.BoxXYXY], height: int, width: int, limit
             f"{what}: {len(msgs)} boxes, over the limit of {limit} per image (model.max_boxes_per_image)"
         )
     boxes = np.array([[b.x1, b.y1, b.x2, b.y2] for b in msgs], dtype=np.float64)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        where = f"{what} box {i} ({x1:g}, {y1:g}, {x2:g}, {y2:g})"
-        if not np.isfinite([x1, y1, x2, y2]).all():
-            raise InvalidInput(f"{where}: coordinates must be finite numbers")
-        if x2 <= x1 or y2 <= y1:
-            raise InvalidInput(f"{where}: needs x2 > x1 and y2 > y1 (xyxy order, in pixels)")
-        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise InvalidInput(f"{where}: lies outside the {width}x{height} image; clip it to [0,{width}]x[0,{height}]")
+    for i, box in enumerate(boxes):
+        check_box(box, height, width, f"{what} box {i}")
     return boxes
 
 

@@ -227,6 +227,18 @@ def _decode_bytes(data: bytes, max_pixels: int, what: str) -> np.ndarray:
         raise InvalidInput(f"{what}: the bytes are not a decodable image (PNG, JPEG, TIFF, ...): {exc}") from None
 
 
+def check_box(box: np.ndarray, height: int, width: int, where: str) -> None:
+    """An xyxy pixel box must be finite, ordered and inside the image; else InvalidInput saying how to fix it."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    where = f"{where} ({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+    if not np.isfinite([x1, y1, x2, y2]).all():
+        raise InvalidInput(f"{where}: coordinates must be finite numbers")
+    if x2 <= x1 or y2 <= y1:
+        raise InvalidInput(f"{where}: needs x2 > x1 and y2 > y1 (xyxy order, in pixels)")
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise InvalidInput(f"{where}: lies outside the {width}x{height} image; clip it to [0,{width}]x[0,{height}]")
+
+
 def encode_png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     PILImage.fromarray(array).save(buffer, format="PNG")

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -49,6 +49,34 @@ def wait_until_serving(chan: grpc.Channel, service: str = "", timeout: float = 1
 
 def request_metadata(request_id: str | None = None) -> tuple[tuple[str, str], ...]:
     return ((REQUEST_ID, request_id or uuid.uuid4().hex),)
+
+
+class ModelClient:
+    """Base of every service's Python client: a channel with the right limits, the stub, readiness, Info."""
+
+    service: ClassVar[str]  # the full gRPC service name, e.g. "modelyard.v1.MedSAM"
+    stub_class: ClassVar[Callable[[grpc.Channel], Any]]
+    default_timeout: ClassVar[float] = 300.0
+
+    def __init__(self, address: str, timeout: float | None = None, max_message_mb: int = 64) -> None:
+        self.channel = channel(address, max_message_mb)
+        self.stub = type(self).stub_class(self.channel)
+        self.timeout = timeout or self.default_timeout
+
+    def wait_until_serving(self, timeout: float = 120.0) -> None:
+        wait_until_serving(self.channel, self.service, timeout)
+
+    def info(self) -> types_pb2.ModelInfo:
+        return self.stub.Info(types_pb2.InfoRequest(), timeout=min(self.timeout, 60.0))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ModelClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SharedMemoryClient:

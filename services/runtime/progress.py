@@ -59,4 +59,5 @@ class Progress:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled
+        """True once the caller has gone, whichever thread the model runs on."""
+        return self._cancelled or not self._alive()

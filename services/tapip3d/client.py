@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
-from modelyard.runtime.client import channel, request_metadata, wait_until_serving
-from modelyard.v1 import tapip3d_pb2, tapip3d_pb2_grpc, types_pb2
+from modelyard.runtime.client import ModelClient, request_metadata
+from modelyard.v1 import tapip3d_pb2, tapip3d_pb2_grpc
 
 FRAMES = {"world": tapip3d_pb2.FRAME_WORLD, "camera": tapip3d_pb2.FRAME_CAMERA}
 SHM = Path("/dev/shm")
@@ -91,14 +91,10 @@ def read_response(response: tapip3d_pb2.TrackResponse, data_root: Path | None = 
     return TrackResult(tracks, visibility, queries, frame, response.backend, response.result.path)
 
 
-class TAPIP3DClient:
-    def __init__(self, address: str, timeout: float = 3600.0, max_message_mb: int = 64) -> None:
-        self.channel = channel(address, max_message_mb)
-        self.stub = tapip3d_pb2_grpc.TAPIP3DStub(self.channel)
-        self.timeout = timeout
-
-    def wait_until_serving(self, timeout: float = 120.0) -> None:
-        wait_until_serving(self.channel, "modelyard.v1.TAPIP3D", timeout)
+class TAPIP3DClient(ModelClient):
+    service = "modelyard.v1.TAPIP3D"
+    stub_class = tapip3d_pb2_grpc.TAPIP3DStub
+    default_timeout = 3600.0
 
     def track(
         self,
@@ -128,12 +124,6 @@ class TAPIP3DClient:
         if result is None:
             raise RuntimeError("the stream ended without a result")
         return read_response(result, data_root)
-
-    def info(self) -> types_pb2.ModelInfo:
-        return self.stub.Info(types_pb2.InfoRequest(), timeout=30)
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 # -- the command ------------------------------------------------------------------------------------------

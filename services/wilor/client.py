@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
-from modelyard.runtime.client import channel, request_metadata, wait_until_serving
+from modelyard.runtime.client import ModelClient, request_metadata
 from modelyard.runtime.render import draw_skeletons
 from modelyard.v1 import types_pb2, wilor_pb2, wilor_pb2_grpc
 from modelyard.wilor.hands import BONES, JOINT_NAMES, Hand
@@ -79,14 +79,10 @@ def options_message(
     return msg
 
 
-class WiLoRClient:
-    def __init__(self, address: str, timeout: float = 600.0) -> None:
-        self.channel = channel(address)
-        self.stub = wilor_pb2_grpc.WiLoRStub(self.channel)
-        self.timeout = timeout
-
-    def wait_until_serving(self, timeout: float = 120.0) -> None:
-        wait_until_serving(self.channel, "modelyard.v1.WiLoR", timeout)
+class WiLoRClient(ModelClient):
+    service = "modelyard.v1.WiLoR"
+    stub_class = wilor_pb2_grpc.WiLoRStub
+    default_timeout = 600.0
 
     def detect(
         self,
@@ -124,12 +120,6 @@ class WiLoRClient:
 
     def call(self, request: wilor_pb2.DetectRequest) -> wilor_pb2.DetectResponse:
         return self.stub.Detect(request, timeout=self.timeout, metadata=request_metadata())
-
-    def info(self) -> types_pb2.ModelInfo:
-        return self.stub.Info(types_pb2.InfoRequest(), timeout=self.timeout)
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 def overlay_hands(image: np.ndarray, hands: list[Hand]) -> np.ndarray:

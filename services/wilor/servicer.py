@@ -7,7 +7,7 @@ import math
 import grpc
 import numpy as np
 
-from modelyard.runtime.arrays import decode_image, numpy_to_tensor
+from modelyard.runtime.arrays import check_box, decode_image, numpy_to_tensor
 from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.frames import read_frames
@@ -64,16 +64,10 @@ def parse_given_hands(
         raise InvalidInput(f"{what}: {len(msgs)} given hands, over the limit of {limit} (model.max_hands_limit)")
     boxes = np.array([[h.box.x1, h.box.y1, h.box.x2, h.box.y2] for h in msgs], np.float64)
     sides = []
-    for i, (hand, (x1, y1, x2, y2)) in enumerate(zip(msgs, boxes, strict=True)):
-        where = f"{what} hand {i} box ({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+    for i, (hand, box) in enumerate(zip(msgs, boxes, strict=True)):
         if not hand.HasField("box"):
             raise InvalidInput(f"{what} hand {i}: no box; give x1, y1, x2, y2 in pixels")
-        if not np.isfinite([x1, y1, x2, y2]).all():
-            raise InvalidInput(f"{where}: coordinates must be finite numbers")
-        if x2 <= x1 or y2 <= y1:
-            raise InvalidInput(f"{where}: needs x2 > x1 and y2 > y1 (xyxy order, in pixels)")
-        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise InvalidInput(f"{where}: lies outside the {width}x{height} image; clip it to [0,{width}]x[0,{height}]")
+        check_box(box, height, width, f"{what} hand {i} box")
         if hand.side not in SIDES:
             raise InvalidInput(f"{what} hand {i}: side is unspecified; give HAND_SIDE_LEFT or HAND_SIDE_RIGHT")
         sides.append(SIDES[hand.side])
