@@ -77,6 +77,7 @@ class RuntimeConfig(Strict):
     probe_up_after: int = Field(100, ge=1, description="successful calls before trying a larger batch after OOM")
     max_message_mb: int = Field(64, ge=1, description="largest gRPC message accepted or sent")
     grpc_threads: int = Field(16, ge=2, description="threads serving gRPC calls (the model runs on its own thread)")
+    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch's default (all)")
     warmup: bool = Field(True, description="run a warm-up inference before reporting SERVING")
     drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight calls may finish")
     shared_memory_dir: Path = Field(Path("/dev/shm"), description="where shared-memory regions live")

@@ -110,3 +110,16 @@ def test_home_relative_paths_expand(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "m.pth").write_bytes(b"x")
     config = write_config(tmp_path / "cfg", {"checkpoint": "~/m.pth"})
     assert load_config(config, MedSAMConfig).model.checkpoint == Path(os.environ["HOME"]) / "m.pth"
+
+
+def test_cpu_threads_cap_torch_when_set() -> None:
+    import torch
+
+    from modelyard.runtime.host import limit_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        limit_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
