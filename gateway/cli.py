@@ -1,4 +1,4 @@
-"""Gateway commands: `modelyard up | down | run | jobs | pipelines | gateway serve`."""
+"""Gateway commands: `modelyard up | down | run | jobs | pipelines | gateway serve | plan | doctor`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 
 import grpc
 import yaml
+
+from modelyard.gateway.doctor import add_doctor_command
+from modelyard.gateway.planner import add_plan_command
 
 DEFAULT_STATE = ".modelyard"
 
@@ -25,9 +28,10 @@ def _gateway_address(args: argparse.Namespace) -> str:
 
 
 def _data_relative(path: str, args: argparse.Namespace) -> str:
-    """Local paths become relative to the local stack's data root; anything else is sent as given."""
+    """With the local stack, paths are this machine's (existing or not) and must lie under its data root; with
+    --gateway they are sent as given, relative to that gateway's data root."""
     config = Path(args.state_dir) / "gateway.yaml"
-    if args.gateway or not config.exists() or not Path(path).exists():
+    if args.gateway or not config.exists():
         return path
     root = Path(yaml.safe_load(config.read_text())["data_root"]).resolve()
     resolved = Path(path).resolve()
@@ -186,3 +190,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     serve.add_argument("--bind", default="0.0.0.0")
     serve.add_argument("--metrics-port", type=int, default=None)
     serve.set_defaults(func=_serve)
+
+    add_plan_command(sub)
+    add_doctor_command(sub)
