@@ -28,7 +28,6 @@ class Event:
     job: JobRecord
     item: Item | None = None
     resumed: bool = False
-    summary: dict[str, str] | None = None
 
 
 def parse_config_text(text: str) -> dict[str, str]:
@@ -171,13 +170,12 @@ class Engine:
                     pool.submit(self._process, pipeline, ctx, item)
             if ctx.cancelled.is_set():
                 self.store.set_job_state(jid, JobState.CANCELLED)
-                summary = None
             else:
                 items = self.store.items(jid)
                 summary = pipeline.finalize(self.get(jid), items, ctx)
                 failed = any(i.state == ItemState.FAILED for i in items)
-                self.store.set_job_state(jid, JobState.FAILED if failed else JobState.DONE)
-            self._announce(Event(self.get(jid), summary=summary), jid)
+                self.store.set_job_state(jid, JobState.FAILED if failed else JobState.DONE, summary=summary)
+            self._announce(Event(self.get(jid)), jid)
         except Exception as exc:
             log.exception("job %s stopped: %s", jid, exc)
             self.store.set_job_state(jid, JobState.FAILED, f"{type(exc).__name__}: {exc}")

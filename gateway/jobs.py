@@ -51,6 +51,7 @@ class JobRecord:
     updated: float
     error: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    summary: dict[str, str] = field(default_factory=dict)  # what the pipeline wrote when the job ended
 
     @property
     def total(self) -> int:
@@ -66,7 +67,8 @@ def job_id(pipeline: str, request: dict[str, Any]) -> str:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, request TEXT NOT NULL, state TEXT NOT NULL,
-  created REAL NOT NULL, updated REAL NOT NULL, error TEXT NOT NULL DEFAULT ''
+  created REAL NOT NULL, updated REAL NOT NULL, error TEXT NOT NULL DEFAULT '',
+  summary TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS items (
   job_id TEXT NOT NULL, key TEXT NOT NULL, position INTEGER NOT NULL, payload TEXT NOT NULL,
@@ -129,22 +131,24 @@ class JobStore:
         assert job is not None
         return job, resumed
 
-    def set_job_state(self, jid: str, state: JobState, error: str = "") -> None:
+    def set_job_state(self, jid: str, state: JobState, error: str = "", summary: dict[str, str] | None = None) -> None:
         self._write(
-            "UPDATE jobs SET state = ?, updated = ?, error = ? WHERE id = ?", (state.value, time.time(), error, jid)
+            "UPDATE jobs SET state = ?, updated = ?, error = ?, summary = COALESCE(?, summary) WHERE id = ?",
+            (state.value, time.time(), error, None if summary is None else json.dumps(summary), jid),
         )
 
     def get_job(self, jid: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, pipeline, request, state, created, updated, error FROM jobs WHERE id = ?", (jid,)
+                "SELECT id, pipeline, request, state, created, updated, error, summary FROM jobs WHERE id = ?", (jid,)
             ).fetchone()
             if row is None:
                 return None
             counts = dict(
                 self._db.execute("SELECT state, COUNT(*) FROM items WHERE job_id = ? GROUP BY state", (jid,)).fetchall()
             )
-        return JobRecord(row[0], row[1], json.loads(row[2]), JobState(row[3]), row[4], row[5], row[6], counts)
+        request, summary = json.loads(row[2]), json.loads(row[7])
+        return JobRecord(row[0], row[1], request, JobState(row[3]), row[4], row[5], row[6], counts, summary)
 
     def list_jobs(self, limit: int = 100) -> list[JobRecord]:
         with self._lock:

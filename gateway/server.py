@@ -63,7 +63,7 @@ def job_message(event: Event) -> gateway_pb2.Job:
         error=job.error,
         created=job.created,
         updated=job.updated,
-        summary=event.summary or {},
+        summary=job.summary,
     )
 
 

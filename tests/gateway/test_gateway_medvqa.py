@@ -114,6 +114,9 @@ def test_a_job_segments_every_question_and_writes_the_seed_outputs(stack: dict) 
     assert len(list((out / "masks").glob("*_mask.png"))) == 6
     assert "items: 6  done: 6  failed: 0" in (out / "report.txt").read_text()
     assert final.summary["manifest"] == "out/first/vqa_manifest.csv"
+    client = GatewayClient(stack["gateway"].address)
+    assert client.get(final.id).summary == final.summary  # kept with the job, not only in the stream
+    client.close()
 
 
 def test_rerunning_the_same_command_resumes_without_duplicates(stack: dict) -> None:
