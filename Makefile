@@ -64,6 +64,12 @@ proto: setup
 proto-check: setup
 	$(PROTOC) protos/generate.py --check
 
+# kustomize reads no file outside its folder, so deploy/k8s/base/config holds copies of deploy/config/<service>.yaml
+# for the ConfigMaps; this refreshes them (tests/deploy fails when they differ).
+.PHONY: k8s-config
+k8s-config:
+	for s in medsam biomedclip tapip3d wilor; do cp deploy/config/$$s.yaml deploy/k8s/base/config/; done
+
 bench: setup
 	$(PY) -m bench.runtime
 
