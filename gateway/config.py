@@ -19,6 +19,14 @@ class GatewayConfig(Strict):
     data_root: ExistingDir = Field(description="the data volume; every input and output path is relative to it")
     store: Path | None = Field(None, description="SQLite job store (default: <data_root>/.modelyard/jobs.sqlite)")
     workers: int = Field(8, ge=1, description="items processed at once per job")
+    max_running_jobs: int = Field(
+        64, ge=1, description="jobs running at once; a submit beyond is answered RESOURCE_EXHAUSTED (retry later)"
+    )
+    max_concurrent_rpcs: int = Field(
+        256,
+        ge=1,
+        description="calls in progress or waiting for a thread (streams included); beyond: RESOURCE_EXHAUSTED",
+    )
     services: dict[str, EndpointConfig] = Field(default_factory=dict)
     token_file: ExistingFile | None = Field(None, description="require `authorization: Bearer <token>`")
     tls: TlsConfig | None = None

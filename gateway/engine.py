@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from modelyard.gateway.calls import CallFailed, ServiceClient
-from modelyard.gateway.jobs import Item, ItemState, JobRecord, JobState, JobStore
+from modelyard.gateway.jobs import Item, ItemState, JobRecord, JobState, JobStore, job_id
 from modelyard.gateway.pipeline import Pipeline, StepContext
-from modelyard.runtime.errors import InvalidInput, ModelyardError, NotFound
+from modelyard.runtime.errors import InvalidInput, ModelyardError, NotFound, ResourceExhausted
 from modelyard.runtime.paths import confined
 
 log = logging.getLogger("modelyard.gateway")
@@ -44,7 +44,10 @@ def parse_config_text(text: str) -> dict[str, str]:
                 value = value[1:-1]
             options[key.strip()] = value
         return options
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"config_text is neither KEY=VALUE lines nor valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidInput("config_text must be KEY=VALUE lines or a YAML mapping of option names to values")
     return {str(k): "" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in data.items()}
@@ -58,26 +61,37 @@ class Engine:
         clients: dict[str, ServiceClient],
         data_root: Path,
         workers: int = 8,
+        max_running_jobs: int = 64,
     ) -> None:
         self.store = store
         self.pipelines = pipelines
         self.clients = clients
         self.data_root = data_root
         self.workers = workers
+        self.max_running_jobs = max_running_jobs
         self._running: dict[str, threading.Event] = {}
         self._watchers: dict[str, list[queue.Queue[Event | None]]] = {}
         self._lock = threading.Lock()
 
     # -- submission -----------------------------------------------------------------------------------
-    def submit(self, pipeline_name: str, input_rel: str, output_rel: str, options: dict[str, str]) -> Event:
-        """Validate, record every item, start (or resume) the job in the background; returns the first event."""
+    def submit(
+        self, pipeline_name: str, input_rel: str, output_rel: str, options: dict[str, str], limited: bool = True
+    ) -> Event:
+        """Validate, record every item, start (or resume) the job in the background; returns the first event.
+        Beyond max_running_jobs (when `limited`) the job is refused with ResourceExhausted and nothing recorded."""
         pipeline = self.pipelines.get(pipeline_name)
         if pipeline is None:
             raise InvalidInput(f"unknown pipeline '{pipeline_name}'; known: {', '.join(sorted(self.pipelines))}")
         parsed = _options(pipeline, options)
         input_path = confined(self.data_root, input_rel)
-        output_dir = _output_dir(self.data_root, output_rel)
         request = {"input": input_rel, "output": output_rel, "options": parsed.model_dump(mode="json")}
+        with self._lock:  # back-pressure: every running job holds threads; a resubmitted running job is no new one
+            running = len(self._running)
+            if limited and running >= self.max_running_jobs and job_id(pipeline_name, request) not in self._running:
+                raise ResourceExhausted(
+                    f"{running} jobs are running, the gateway's limit (max_running_jobs); retry when one has ended"
+                )
+        output_dir = _output_dir(self.data_root, output_rel)
         items = pipeline.plan(input_path, parsed, self.data_root)
         if not items:
             raise InvalidInput(f"input {input_rel} holds no items for pipeline {pipeline_name}")
@@ -100,7 +114,7 @@ class Engine:
                 req = job.request
                 opts = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in req["options"].items()}
                 try:
-                    self.submit(job.pipeline, req["input"], req["output"], opts)
+                    self.submit(job.pipeline, req["input"], req["output"], opts, limited=False)  # were admitted
                     resumed.append(job.id)
                 except ModelyardError as exc:
                     self.store.set_job_state(job.id, JobState.FAILED, f"could not resume: {exc.message}")
@@ -230,8 +244,11 @@ def _options(pipeline: Pipeline[Any], options: dict[str, str]) -> Any:
 def _output_dir(root: Path, relative: str) -> Path:
     if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
         raise InvalidInput(f"output '{relative}' must be a folder relative to the data root, without '..'")
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root.resolve()):
-        raise InvalidInput(f"output '{relative}' escapes the data root {root}")
-    target.mkdir(parents=True, exist_ok=True)
+    target = confined(root, relative, must_exist=False)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder must be, a name too long, a read-only volume
+        raise InvalidInput(
+            f"output {relative!r} cannot be a folder under the data root: {exc.strerror or exc}"
+        ) from None
     return target

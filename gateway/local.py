@@ -66,9 +66,15 @@ def _wait(process: subprocess.Popen[bytes], address: str, name: str, log: Path, 
 
 
 def up(
-    configs: dict[str, Path], data_root: Path, state_dir: Path, gateway_port: int = 0, timeout: float = 300.0
+    configs: dict[str, Path],
+    data_root: Path,
+    state_dir: Path,
+    gateway_port: int = 0,
+    timeout: float = 300.0,
+    gateway_settings: dict[str, object] | None = None,
 ) -> dict[str, Process]:
-    """Start each service from its config, then the gateway wired to them. Returns what runs where."""
+    """Start each service from its config, then the gateway wired to them (plus `gateway_settings`, keys of
+    gateway.yaml). Returns what runs where."""
     state_dir.mkdir(parents=True, exist_ok=True)
     if (state_dir / STATE_FILE).exists():
         raise RuntimeError(f"a stack is already up ({state_dir / STATE_FILE}); run `modelyard down` first")
@@ -90,6 +96,7 @@ def up(
                 {
                     "data_root": str(data_root.resolve()),
                     "services": {name: {"addresses": [p.address]} for name, p in started.items()},
+                    **(gateway_settings or {}),
                 }
             )
         )

@@ -169,7 +169,8 @@ def build_engine(config: GatewayConfig, metrics: GatewayMetrics | None = None) -
     unknown = sorted(set(config.services) - set(STUBS))
     if unknown:
         raise ConfigError(f"unknown services in the gateway config: {', '.join(unknown)}; known: {', '.join(STUBS)}")
-    return Engine(JobStore(config.store_path), dict(PIPELINES), clients, config.data_root, config.workers)
+    store = JobStore(config.store_path)
+    return Engine(store, dict(PIPELINES), clients, config.data_root, config.workers, config.max_running_jobs)
 
 
 def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | None) -> int:
@@ -187,7 +188,11 @@ def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | No
     if config.token_file is not None:
         interceptors.append(TokenInterceptor(config.token_file.read_text().strip()))
     interceptors.append(RequestInterceptor("gateway", metrics, 64 << 20))
-    server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"), interceptors=interceptors)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"),
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,  # beyond: RESOURCE_EXHAUSTED, not an unbounded queue
+    )
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(engine), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

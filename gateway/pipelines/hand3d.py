@@ -76,15 +76,16 @@ class Hand3D(Pipeline[Hand3DOptions]):
                 Item(key=f"{rel}#{n}", position=i, payload={"kind": "vipe", "path": rel, "name": n})
                 for i, n in enumerate(names)
             ]
-        npzs = sorted(input_path.glob("*.npz"))
+        npzs = []
+        for p in sorted(input_path.glob("*.npz")):
+            if p.name.endswith(".result.npz"):
+                continue
+            member = confined(data_root, f"{rel}/{p.name}")  # a symlink in the folder may lead out of the root
+            if member.is_file():  # not a folder or FIFO named *.npz
+                npzs.append((str(PurePosixPath(member.relative_to(root))), p.stem))
         return [
-            Item(
-                key=str(PurePosixPath(p.resolve().relative_to(root))),
-                position=i,
-                payload={"kind": "npz", "path": str(PurePosixPath(p.resolve().relative_to(root))), "name": p.stem},
-            )
-            for i, p in enumerate(npzs)
-            if not p.name.endswith(".result.npz")
+            Item(key=path, position=i, payload={"kind": "npz", "path": path, "name": stem})
+            for i, (path, stem) in enumerate(npzs)
         ]
 
     def process(self, item: Item, ctx: StepContext[Hand3DOptions]) -> dict[str, Any]:

@@ -175,7 +175,10 @@ class MedVQA(Pipeline[MedVQAOptions]):
                     f"row {index} has no '{options.PATH_COLUMN}' column (PATH_COLUMN); columns: {', '.join(row)}"
                 )
             raw_path = str(row[options.PATH_COLUMN])
-            image = (Path(raw_path) if Path(raw_path).is_absolute() else image_root / raw_path).resolve()
+            try:
+                image = (Path(raw_path) if Path(raw_path).is_absolute() else image_root / raw_path).resolve()
+            except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a symlink loop, a name too long
+                raise InvalidInput(f"row {index}: image path {raw_path!r} cannot be resolved: {exc}") from None
             if not image.is_relative_to(data_root.resolve()):
                 raise InvalidInput(f"row {index}: image '{raw_path}' is outside the data root; keep images under it")
             image_rel = _rel(image, data_root.resolve())

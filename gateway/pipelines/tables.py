@@ -12,6 +12,10 @@ from modelyard.runtime.errors import InvalidInput
 
 def read_table(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
+        raise InvalidInput(f"{path.name}: unsupported table format '{suffix}'; use .csv, .jsonl or .parquet")
+    if not path.is_file():  # a folder, or a FIFO whose reading would never end
+        raise InvalidInput(f"{path.name} is not a regular file")
     try:
         if suffix == ".csv":
             with path.open(newline="") as f:
@@ -21,22 +25,30 @@ def read_table(path: Path) -> list[dict[str, Any]]:
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append(_record(json.loads(line), f"{path.name} line {number}"))
                     except json.JSONDecodeError as exc:
                         raise InvalidInput(f"{path.name} line {number} is not JSON: {exc}") from None
             return rows
         if suffix == ".json":
             data = json.loads(path.read_text())
             if isinstance(data, list):
-                return data
+                return [_record(row, f"{path.name} record {n}") for n, row in enumerate(data)]
             raise InvalidInput(f"{path.name}: a .json input must be a list of records")
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+        import pyarrow
+        import pyarrow.parquet as pq
 
+        try:
             return pq.read_table(path).to_pylist()
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        except pyarrow.ArrowException as exc:
+            raise InvalidInput(f"{path.name} is not a readable Parquet table: {exc}") from None
+    except (OSError, UnicodeDecodeError, csv.Error, json.JSONDecodeError) as exc:
         raise InvalidInput(f"cannot read {path.name}: {exc}") from None
-    raise InvalidInput(f"{path.name}: unsupported table format '{suffix}'; use .csv, .jsonl or .parquet")
+
+
+def _record(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise InvalidInput(f"{where} is {type(row).__name__}, not a record: write one JSON object per row")
+    return row
 
 
 def parse_boxes(value: Any) -> list[list[float]]:

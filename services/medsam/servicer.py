@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import numpy as np
 
@@ -42,6 +44,16 @@ class MedSAMServicer(medsam_pb2_grpc.MedSAMServicer):
 
     def _item(self, index: int, msg: medsam_pb2.SegmentItem) -> SegmentItem:
         what = f"item {index}"
+        if msg.intensity not in _INTENSITY:
+            raise InvalidInput(f"{what}: unknown intensity {msg.intensity}; use INTENSITY_AUTO, _CT or _MR (0, 1, 2)")
+        level, window = msg.ct_window_level or CT_LEVEL, msg.ct_window_width or CT_WIDTH
+        if msg.intensity == medsam_pb2.INTENSITY_CT and not (
+            math.isfinite(level) and math.isfinite(window) and window > 0
+        ):
+            raise InvalidInput(
+                f"{what}: the CT window (level {level:g}, width {window:g}) needs a finite level and a positive "
+                "finite width in HU; 0 = the default (40, 400)"
+            )
         if msg.image.WhichOneof("source") == "array":
             tensor = msg.image.array
             dtype = tensor.inline.dtype or tensor.shared.dtype
@@ -51,12 +63,7 @@ class MedSAMServicer(medsam_pb2_grpc.MedSAMServicer):
         image = decode_image(msg.image, runtime.shared_memory_dir, runtime.data_root, self.config.max_pixels, what)
         height, width = image.shape[:2]
         boxes = validate_boxes(list(msg.boxes), height, width, self.config.max_boxes_per_image, what)
-        rgb = to_rgb_uint8(
-            image,
-            _INTENSITY.get(msg.intensity, "auto"),
-            msg.ct_window_level or CT_LEVEL,
-            msg.ct_window_width or CT_WIDTH,
-        )
+        rgb = to_rgb_uint8(image, _INTENSITY[msg.intensity], level, window)
         return SegmentItem(resize_normalise(rgb, self.config.arch.image_size), boxes, height, width)
 
     def Segment(self, request: medsam_pb2.SegmentRequest, context: grpc.ServicerContext) -> medsam_pb2.SegmentResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import mmap
 import os
 import re
@@ -20,11 +21,12 @@ import numpy as np
 from PIL import Image as PILImage
 
 from modelyard.runtime.errors import InvalidInput
-from modelyard.runtime.paths import confined
+from modelyard.runtime.paths import read_confined
 from modelyard.v1 import types_pb2
 
 ALLOWED_DTYPES = {"uint8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+MAX_ELEMENTS = 1 << 48  # far beyond any message or region, and within numpy's int64 size arithmetic
 
 
 def dtype_of(name: str) -> np.dtype:
@@ -36,7 +38,11 @@ def dtype_of(name: str) -> np.dtype:
 def _shape(shape: list[int] | tuple[int, ...], what: str) -> tuple[int, ...]:
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{what}: negative dimension in shape {tuple(shape)}")
-    return tuple(int(d) for d in shape)
+    dims = tuple(int(d) for d in shape)
+    # Sizes are computed with Python ints: int64 arithmetic would wrap (2**32 x 2**32 elements "need" 0 bytes).
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise InvalidInput(f"{what}: shape {dims} has more elements than any array can ({MAX_ELEMENTS})")
+    return dims
 
 
 def region_path(shm_dir: Path, name: str) -> Path:
@@ -79,7 +85,7 @@ class SharedRegion:
         return cls(path, 0, create=False)
 
     def view(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         end = offset + count * dtype.itemsize
         if self._map is None or end > self.size:
             raise InvalidInput(f"array of {end - offset} bytes at offset {offset} overruns region '{self.name}'")
@@ -112,7 +118,7 @@ def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -
     if kind == "inline":
         dtype = dtype_of(msg.inline.dtype)
         shape = _shape(msg.inline.shape, what)
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize
         if len(msg.inline.data) != expected:
             raise InvalidInput(
                 f"{what}: {len(msg.inline.data)} bytes of data, but dtype {dtype.name} and shape {shape} "
@@ -136,7 +142,9 @@ def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -
 
 def numpy_to_tensor(array: np.ndarray, out: OutputWriter | None = None) -> types_pb2.Tensor:
     """Encode an array inline, or into the caller's output region when one was offered and it fits."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:  # (np.ascontiguousarray alone would turn a 0-d array into shape (1,))
+        array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     if out is not None:
@@ -162,7 +170,7 @@ class OutputWriter:
 
     def place(self, array: np.ndarray) -> types_pb2.SharedArray | None:
         start = (self._cursor + 63) // 64 * 64
-        if start + array.nbytes > self._end:
+        if array.nbytes == 0 or start + array.nbytes > self._end:  # (nothing to place: it travels inline)
             return None
         self._region.write(start, array)
         self._cursor = start + array.nbytes
@@ -185,7 +193,7 @@ def decode_image(
         if kind == "ref":
             if data_root is None:
                 raise InvalidInput(f"{what}: this service has no data volume configured; send the image bytes")
-            data = confined(data_root, msg.ref.path).read_bytes()
+            data = read_confined(data_root, msg.ref.path)
         else:
             data = msg.encoded
         image = _decode_bytes(data, max_pixels, what)

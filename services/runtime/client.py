@@ -115,7 +115,9 @@ class SharedMemoryClient:
         """The array as a Tensor: in the shared input region when enabled, inline otherwise."""
         if not self.enabled:
             return numpy_to_tensor(array)
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray alone would turn a 0-d array into shape (1,))
+            array = np.ascontiguousarray(array)
         self._input = self._region(self._input, array.nbytes)
         self._input.write(0, array)
         return types_pb2.Tensor(

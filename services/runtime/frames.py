@@ -70,6 +70,8 @@ def read_frames(
     path = confined(data_root, ref)
     if path.is_dir():
         return _read_folder(path, start, count, step, limit, max_pixels, what)
+    if not path.is_file():  # a FIFO or a device: reading it could block forever
+        raise InvalidInput(f"{what}: not a regular file or a folder")
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return _read_video(path, start, count, step, limit, max_pixels, what)

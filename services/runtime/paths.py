@@ -12,7 +12,18 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from modelyard.runtime.errors import ConfigError, InvalidInput
 
 # Mount points that are part of every container, not volumes a user mounted.
-_SYSTEM_MOUNTS = ("/", "/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run")
+# /sbin/docker-init: the init compose's `init: true` (docker run --init) mounts in.
+_SYSTEM_MOUNTS = (
+    "/",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/run",
+    "/sbin/docker-init",
+)
 _HOST_ONLY_PREFIXES = ("/home/", "/Users/", "/mnt/", "/media/", "/Volumes/", "/scratch/", "/nfs/")
 
 
@@ -115,9 +126,33 @@ def confined(root: Path, relative: str, must_exist: bool = True) -> Path:
     if Path(relative).is_absolute() or PureWindowsPath(relative).drive:
         raise InvalidInput(f"data reference '{relative}' is absolute: give a path relative to the data volume ({root})")
     root_real = root.resolve()
-    target = (root_real / relative).resolve()
-    if not target.is_relative_to(root_real):
+    try:
+        target = (root_real / relative).resolve()
+        inside = target.is_relative_to(root_real)
+        exists = inside and target.exists()
+        ancestor = target.parent  # for an output: the nearest folder on its way that exists
+        while inside and not must_exist and not ancestor.exists():
+            ancestor = ancestor.parent
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte, a name too long
+        raise InvalidInput(
+            f"data reference {relative!r} cannot be resolved under the data volume {root}: {exc}"
+        ) from None
+    if not inside:
         raise InvalidInput(f"data reference '{relative}' escapes the data volume {root}: stay inside it")
-    if must_exist and not target.exists():
+    if must_exist and not exists:
         raise InvalidInput(f"data reference '{relative}' does not exist under the data volume {root}")
+    if not must_exist and not ancestor.is_dir():
+        raise InvalidInput(f"data reference '{relative}' cannot be created: {ancestor} is a file, not a folder")
     return target
+
+
+def read_confined(root: Path, relative: str) -> bytes:
+    """The bytes of the regular file a data reference names (see `confined`). Folders, FIFOs and devices are
+    refused rather than read: reading a FIFO would block the call forever."""
+    path = confined(root, relative)
+    if not path.is_file():
+        raise InvalidInput(f"data reference '{relative}' is not a regular file under the data volume {root}")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"data reference '{relative}' cannot be read: {exc.strerror or exc}") from None

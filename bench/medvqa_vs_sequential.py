@@ -1,0 +1,193 @@
+"""medvqa through the gateway and the services vs the same steps called one after another in one process (the seed
+pipeline's way), on the same images with the same tiny models (issue 6). Wall time of one run each.
+
+python -m bench.medvqa_vs_sequential [--images 32]
+
+Both do STAGE=segmentation MODE=inference per (image, question): BiomedCLIP gScoreCAM map -> boxes (the seed's
+box options) -> MedSAM on the first box -> mask and overlay PNGs, then vqa_manifest.csv and predictions.jsonl.
+In-process, both adapters are loaded once and the items run in a loop, torch with its default threads (all cores).
+Through the gateway: `modelyard.gateway.local.up` (each service its own process with one intra-op thread; items
+overlap across the two services), timed from RunPipeline to the job's last event. Model loading and the stack's
+start-up are excluded from both and reported apart. The masks of both runs are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.report import machine, table, write_section
+from bench.tiny_stack import TOP_K, tiny_models, tiny_stack
+from modelyard.biomedclip.boxes import localize, to_grey
+from modelyard.biomedclip.config import BiomedCLIPConfig
+from modelyard.biomedclip.model import BiomedCLIPAdapter, Heatmap, HeatmapItem
+from modelyard.biomedclip.preprocess import to_frame
+from modelyard.biomedclip.servicer import localize_settings
+from modelyard.gateway import files
+from modelyard.gateway.client import GatewayClient
+from modelyard.gateway.pipelines.medvqa import MedVQAOptions
+from modelyard.gateway.samples import write_medvqa_inputs
+from modelyard.medsam.config import MedSAMConfig
+from modelyard.medsam.model import MedSAMAdapter, SegmentItem
+from modelyard.medsam.preprocess import resize_normalise, to_rgb_uint8
+from modelyard.runtime.render import CYAN, as_rgb_uint8, overlay_masks
+
+OPTIONS = {"MODE": "inference", "STAGE": "segmentation", "TOPK": str(TOP_K)}
+
+
+def sequential(
+    models: dict[str, dict], table_path: Path, out: Path, threads: int
+) -> tuple[float, float, dict[str, float]]:
+    """The seed's way: both models in this process, the items in a loop, torch on `threads` intra-op threads.
+    Returns (load s, run s, seconds by step)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _sequential(models, table_path, out)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sequential(models: dict[str, dict], table_path: Path, out: Path) -> tuple[float, float, dict[str, float]]:
+    started = time.perf_counter()
+    clip = BiomedCLIPAdapter(BiomedCLIPConfig.model_validate(models["biomedclip"]), "cpu")
+    clip.load()
+    sam_config = MedSAMConfig.model_validate(models["medsam"])
+    sam = MedSAMAdapter(sam_config, "cpu")
+    sam.load()
+    with torch.inference_mode():  # as the services do (under their governor) before they report SERVING
+        clip.warmup()
+        sam.warmup()
+    loaded = time.perf_counter() - started
+    options = MedVQAOptions.model_validate(OPTIONS)
+    settings = localize_settings(clip.config.localize, options.localize)
+    steps = {"read + decode": 0.0, "BiomedCLIP map": 0.0, "boxes": 0.0, "MedSAM": 0.0, "write outputs": 0.0}
+    rows = list(csv.DictReader(table_path.open()))
+    manifest, predictions = [], []
+    started = time.perf_counter()
+    for index, row in enumerate(rows):
+        t0 = time.perf_counter()
+        image = np.asarray(Image.open(table_path.parent / row["image_path"]))
+        rgb = as_rgb_uint8(image)
+        pixels, geometry = to_frame(rgb, clip.image_settings, clip.config.cam.geometry)
+        t1 = time.perf_counter()
+        (heat,) = clip.infer([HeatmapItem(pixels, geometry, row["question"], "gscorecam", TOP_K)])
+        assert isinstance(heat, Heatmap)
+        t2 = time.perf_counter()
+        found = localize(heat.heatmap, to_grey(rgb), settings)
+        boxes = np.array([[b.x1, b.y1, b.x2, b.y2] for b in found.boxes[:1]], np.float32).astype(np.float64)  # as sent
+        t3 = time.perf_counter()
+        stem = f"{Path(row['image_path']).stem}_idx{index}"
+        masks = None
+        if len(boxes):
+            item = SegmentItem(resize_normalise(to_rgb_uint8(image), sam_config.arch.image_size), boxes, *image.shape)
+            with torch.inference_mode():
+                (result,) = sam.infer([item])
+            masks = result.masks
+        t4 = time.perf_counter()
+        if masks is not None:
+            files.write_png(out / "masks" / f"{stem}_mask.png", (masks.max(axis=0) * 255).astype(np.uint8))
+            shown = files.write_png(
+                out / "overlays" / f"{stem}_overlay.png", overlay_masks(image, masks, boxes, box_color=CYAN)
+            )
+        else:
+            shown = files.write_png(out / "overlays" / f"{stem}_overlay.png", image)
+        manifest.append([str(shown.relative_to(out)), row["question"], row["answer_text"]])
+        predictions.append({**row, "predicted_boxes": boxes.round(2).tolist(), "image_path": manifest[-1][0]})
+        t5 = time.perf_counter()
+        for name, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            steps[name] += seconds
+    files.write_csv(out / "vqa_manifest.csv", ["image_path", "question", "answer"], manifest)
+    files.write_jsonl(out / "predictions.jsonl", predictions)
+    return loaded, time.perf_counter() - started, steps
+
+
+def through_gateway(folder: Path, data: Path, table_rel: str) -> tuple[float, float, str]:
+    """Returns (stack start-up s, run s, final job state)."""
+    started = time.perf_counter()
+    with tiny_stack(folder, data) as stack:
+        up_s = time.perf_counter() - started
+        client = GatewayClient(stack["gateway"].address)
+        started = time.perf_counter()
+        last = None
+        for event in client.run("medvqa", table_rel, "out/gateway", OPTIONS):
+            last = event.job
+        run_s = time.perf_counter() - started
+        client.close()
+    assert last is not None
+    return up_s, run_s, f"{last.state}: {last.done} done, {last.failed} failed"
+
+
+def same_masks(a: Path, b: Path) -> tuple[int, int]:
+    """Masks present in both runs, and how many of them are identical."""
+    names = sorted(p.name for p in (a / "masks").glob("*.png"))
+    equal = sum(
+        np.array_equal(np.asarray(Image.open(a / "masks" / n)), np.asarray(Image.open(b / "masks" / n)))
+        for n in names
+        if (b / "masks" / n).exists()
+    )
+    return len(names), equal
+
+
+def run(count: int, folder: Path) -> str:
+    data = folder / "data"
+    table_path = write_medvqa_inputs(data / "medvqa", count=count, size=256)
+    load_before = os.getloadavg()[0]
+    models = tiny_models(folder / "inprocess-models")
+    default_threads = torch.get_num_threads()
+    baselines = {  # torch's default (what the seed ran with), and one thread (faster for tiny models on 2 cores)
+        f"sequential, one process, torch {default_threads} threads (its default)": default_threads,
+        "sequential, one process, torch 1 thread": 1,
+    }
+    rows, runs = [], {}
+    for label, threads in baselines.items():
+        loaded, seconds, steps = sequential(models, table_path, data / "out" / f"sequential-{threads}", threads)
+        runs[label] = (seconds, steps)
+        rows.append([label, f"{seconds:.2f}", f"{count / seconds:.2f}", f"{loaded:.1f}"])
+    up_s, gw_s, state = through_gateway(folder / "stack", data, str(table_path.relative_to(data)))
+    rows.append(["gateway + services (1 thread per service)", f"{gw_s:.2f}", f"{count / gw_s:.2f}", f"{up_s:.1f}"])
+    load_after = os.getloadavg()[0]
+    masks, equal = same_masks(data / "out" / "sequential-1", data / "out" / "gateway")
+    best = min(runs, key=lambda label: runs[label][0])
+    seq_s, steps = runs[best]
+    ratio = seq_s / gw_s
+    verdict = "met" if ratio >= 1 else "not met"
+    per_step = ", ".join(f"{name} {seconds / count * 1000:.0f} ms" for name, seconds in steps.items())
+    return (
+        "## medvqa: gateway + services vs sequential in one process (issue 6)\n\n"
+        f"Machine: {machine()}; load average (1 min) {load_before:.1f} before, {load_after:.1f} after (the 2 "
+        f"cores are shared with other work). {count} generated 256x256 chest X-rays with questions, STAGE=segmentation "
+        f"MODE=inference (BiomedCLIP gScoreCAM k={TOP_K} -> seed box options -> MedSAM on the first box -> mask, "
+        "overlay, manifest), tiny random-weight models in the real formats, CPU, one run each: on shared cores "
+        "the same command moves by tens of percent between runs.\n\n"
+        + table(["path", "wall s", "items/s", "excluded: model load + warm-up, or the stack's start-up (s)"], rows)
+        + f"\n\n**Ratio (the faster sequential run / gateway): {ratio:.3f}x** (goal: at least 1.0x: {verdict}). "
+        f"Gateway job: {state}. Masks written by both: {masks}, identical: {equal}.\n\n"
+        f"Where the time goes per item ({best}): {per_step}. Through the gateway the two models run at once, in "
+        "their own processes, on different items (stage overlap), and each service batches the items of concurrent "
+        "calls (up to 4)."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=32)  # 16 runs for ~2 s: too short on shared cores
+    parser.add_argument("--quick", action="store_true", help="4 images (smoke run; not written)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="modelyard-medvqa-") as tmp:
+        body = run(4 if args.quick else args.images, Path(tmp))
+    print(body)
+    if not args.quick:
+        write_section("medvqa_vs_sequential", body)
+
+
+if __name__ == "__main__":
+    main()

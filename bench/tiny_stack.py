@@ -1,0 +1,82 @@
+"""The medvqa half of the demo's local stack for benchmarks: tiny random-weight MedSAM and BiomedCLIP as local
+processes plus the gateway (`modelyard.gateway.local.up/down`), on the CPU, one intra-op thread per service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelyard.gateway.local import Process, down, up
+
+THREADS = "1"  # intra-op threads per service: each service process gets one of the 2 shared cores
+TOP_K = 16  # gScoreCAM channels: the tiny model's target layer has 64 (BiomedCLIP's has 768, default 300)
+
+
+def _write(path: Path, model: dict[str, Any], runtime: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"model": model, "runtime": {"device": "cpu", **runtime}}))
+    return path
+
+
+def tiny_models(folder: Path) -> dict[str, dict[str, Any]]:
+    """The `model:` sections of a tiny MedSAM and a tiny BiomedCLIP written under `folder`."""
+    from modelyard.biomedclip.architecture import write_tiny_model
+    from modelyard.medsam.architecture import TINY, write_random_checkpoint
+
+    checkpoint = write_random_checkpoint(folder / "medsam_tiny.pth", TINY, seed=0)
+    files = write_tiny_model(folder / "biomedclip_tiny", seed=0)
+    return {
+        "medsam": {"checkpoint": str(checkpoint), "architecture": TINY.model_dump(mode="json")},
+        "biomedclip": {
+            "model_dir": str(files["model_dir"]),
+            "text_dir": str(files["text_dir"]),
+            "cam": {"default_top_k": TOP_K},
+        },
+    }
+
+
+@contextmanager
+def tiny_stack(
+    folder: Path, data_root: Path, runtime: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None
+) -> Iterator[dict[str, Process]]:
+    """`modelyard up` of MedSAM, BiomedCLIP (`runtime:` settings added) and the gateway (`gateway` settings added);
+    `modelyard down` on exit."""
+    models = tiny_models(folder / "models")
+    configs = {
+        name: _write(folder / "config" / f"{name}.yaml", model, {"max_batch_size": 4, **(runtime or {})})
+        for name, model in models.items()
+    }
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update(OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS)  # inherited by the service processes
+    try:
+        stack = up(configs, data_root, folder / "state", gateway_settings=gateway)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        yield stack
+    finally:
+        down(folder / "state")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
