@@ -38,7 +38,7 @@ test-assets: setup
 run: setup test-assets
 	$(PY) -m modelyard.gateway.demo --out demo-output
 
-test: setup lint typecheck proto-check test-assets
+test: setup lint typecheck proto-check test-assets images-if-engine
 	MODELYARD_WILOR_PYTHON=$(WILOR_PY) $(PY) -m pytest -q
 
 unit: setup
@@ -72,10 +72,43 @@ k8s-config:
 
 bench: setup
 	$(PY) -m bench.runtime
+	$(PY) -m bench.gateway_load
+	$(PY) -m bench.medvqa_vs_sequential
 
 # Hands per second of wilor's CPU reference (MediaPipe) at 640x480, in-process and over gRPC.
 bench-wilor: setup test-assets
 	$(WILOR_PY) -m bench.wilor
+
+# ---- containers: deploy/Dockerfile, docker-compose.yml (+ docker-compose.gpu.yml); README "Deployment" ----
+# Compose v2 when the engine has it, the Debian docker-compose (v1) otherwise; both read the same files.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+GPU ?= 0
+.PHONY: images images-if-engine up down test-compose compose-config
+
+# The wheelhouse (once), a base image (from Debian packages when nothing can be pulled), one image per service;
+# prints the sizes.
+images:
+	deploy/docker/build-images.sh
+
+# `make test` runs tests/compose wherever a Docker engine answers, so it builds the images there first.
+images-if-engine:
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
+	else echo "no Docker engine reachable: images not built, tests/compose will skip"; fi
+
+# CPU by default; GPU=1 adds the GPU overlay (the planner's .env). Tiny random-weight models without checkpoints.
+up: images
+	COMPOSE="$(COMPOSE)" GPU=$(GPU) deploy/compose/up.sh
+
+down:
+	$(COMPOSE) -f docker-compose.yml down --remove-orphans
+
+# The compose suite alone; against a running deployment: .venv/bin/pytest tests/compose --gateway HOST:PORT --data-dir DIR
+test-compose: setup images
+	$(PY) -m pytest -q tests/compose
+
+# deploy/compose/tiny holds copies of deploy/config's tapip3d, wilor and gateway configs (a test compares them).
+compose-config:
+	for f in tapip3d wilor gateway; do cp deploy/config/$$f.yaml deploy/compose/tiny/; done
 
 clean:
 	rm -rf $(VENV) .venv-protoc $(WILOR_VENV) build/test-assets demo-output .pytest_cache .ruff_cache .mypy_cache

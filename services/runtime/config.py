@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -31,6 +32,10 @@ from modelyard.runtime.errors import ConfigError
 from modelyard.runtime.paths import existing_dir, existing_file, explain_missing
 
 CONFIG_ENV = "MODELYARD_CONFIG"
+# Per-container overrides of the `runtime:` section, for orchestrators: compose's GPU overlay passes the GPU
+# planner's memory fraction as MODELYARD_MEMORY_FRACTION, so one config file serves every placement. An unset or
+# empty variable changes nothing; a set one wins over the file and is validated like it.
+RUNTIME_ENV = {"MODELYARD_MEMORY_FRACTION": "memory_fraction", "MODELYARD_DEVICE": "device"}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -149,5 +154,21 @@ def load_config(path: str | Path | None, model_schema: type[M]) -> ServiceConfig
         raise ConfigError(f"config {file} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {file} must be a mapping with 'model:' and 'runtime:' sections")
-    config = parse_config(data, model_schema, file.parent, str(file))
+    data, overrides = runtime_env_overrides(data)
+    source = f"{file} (with {', '.join(overrides)} from the environment)" if overrides else str(file)
+    config = parse_config(data, model_schema, file.parent, source)
     return config.model_copy(update={"source": file})
+
+
+def runtime_env_overrides(
+    data: dict[str, Any], environ: Mapping[str, str] = os.environ
+) -> tuple[dict[str, Any], list[str]]:
+    """The config mapping with RUNTIME_ENV variables applied to its `runtime:` section, and what was applied."""
+    applied = {env: environ[env] for env in RUNTIME_ENV if environ.get(env, "").strip()}
+    if not applied:
+        return data, []
+    runtime = data.get("runtime") or {}
+    if not isinstance(runtime, dict):
+        return data, []  # parse_config reports the malformed section
+    runtime = {**runtime, **{RUNTIME_ENV[env]: value.strip() for env, value in applied.items()}}
+    return {**data, "runtime": runtime}, [f"{env}={value.strip()}" for env, value in applied.items()]

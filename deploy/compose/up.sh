@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make up`: start the compose stack (CPU; the GPU overlay too with GPU=1) and wait until every container is
+# healthy. Without real checkpoints in the models folder it writes tiny RANDOM-WEIGHT models there and mounts
+# deploy/compose/tiny as /config, and says so. Reads the variables docker-compose.yml documents.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+compose=${COMPOSE:-$(docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)}
+files=(-f docker-compose.yml)
+[[ "${GPU:-0}" != 0 ]] && files+=(-f docker-compose.gpu.yml)
+tag=${MODELYARD_TAG:-latest}
+models=${MODELYARD_MODELS_DIR:-./models}
+data=${MODELYARD_DATA_DIR:-./data}
+say() { echo "[modelyard up] $*"; }
+
+# /data must be writable by the images' user (uid 10001); the engine would create a missing folder root-owned.
+mkdir -p "$models" "$data"
+if [[ $(id -u) -eq 0 ]]; then
+    chown 10001:10001 "$data"
+elif [[ $(stat -c %u "$data") != 10001 ]]; then
+    chmod a+rwx "$data"  # the services run as uid 10001; without root, opening the folder is the way
+fi
+
+if [[ -z "${MODELYARD_CONFIG_DIR:-}" ]]; then
+    missing=()
+    [[ -f "$models/medsam/medsam_vit_b.pth" ]] || missing+=("$models/medsam/medsam_vit_b.pth")
+    [[ -f "$models/biomedclip/open_clip_config.json" ]] || missing+=("$models/biomedclip/ (BiomedCLIP's hub files)")
+    if ((${#missing[@]})); then
+        say "no real checkpoints (missing: ${missing[*]}):"
+        say "MedSAM and BiomedCLIP run tiny RANDOM-WEIGHT models, so masks, boxes and maps are NOT meaningful"
+        for service in medsam biomedclip; do
+            docker run --rm --user "$(id -u):$(id -g)" --network none \
+                -v "$(cd "$models" && pwd):/models" -v "$PWD/deploy/compose:/compose:ro" \
+                --entrypoint python "modelyard/$service:$tag" /compose/tiny_models.py "$service"
+        done
+        export MODELYARD_CONFIG_DIR=./deploy/compose/tiny
+    else
+        export MODELYARD_CONFIG_DIR=./deploy/config
+    fi
+fi
+say "config: $MODELYARD_CONFIG_DIR  models: $models  data: $data"
+$compose "${files[@]}" up -d
+
+# Wait for every container of the project to report healthy (compose v1 has no `up --wait`).
+deadline=$((SECONDS + ${MODELYARD_UP_TIMEOUT:-600}))
+while :; do
+    ids=$($compose "${files[@]}" ps -q)
+    states=$(docker inspect --format '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' $ids)
+    if ! grep -qv ' healthy$' <<<"$states"; then
+        break
+    fi
+    if ((SECONDS > deadline)) || grep -Eq ' (exited|restarting|dead)( |$)|unhealthy' <<<"$states"; then
+        echo "$states" >&2
+        say "not healthy: see '$compose logs <service>'" >&2
+        exit 1
+    fi
+    sleep 2
+done
+port=${MODELYARD_GATEWAY_PORT:-50050}
+say "up: gateway at ${MODELYARD_GATEWAY_BIND:-127.0.0.1}:$port"
+say "try: .venv/bin/modelyard pipelines --gateway 127.0.0.1:$port"

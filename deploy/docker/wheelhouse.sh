@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Download every wheel the images install, once, on the host (pip with the host's CA bundle and index), so that
+# image builds never reach the network and torch's multi-GB wheels are fetched a single time.
+#
+#   deploy/docker/wheelhouse.sh [DIR]     (default build/wheelhouse)
+#
+# DIR/main         the torch services' and the gateway's wheels, resolved together: one version of each
+# DIR/wilor        wilor's own set (mediapipe 0.10.21, numpy<2, protobuf<5), plus opencv's headless build
+# DIR/requirements one file per image layer, from pyproject.toml's extras (the one place ranges are pinned)
+# Nothing is downloaded while the requirement lists are those of the last complete run (DIR/.lists); otherwise
+# wheels already in DIR are reused, and a wheel no longer required is dropped.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-build/wheelhouse}
+python=${PYTHON:-python3}
+extras="$python $here/pyproject_extras.py"
+mkdir -p "$out/main" "$out/wilor" "$out/requirements"
+
+lists=$(mktemp -d)
+trap 'rm -rf "$lists"' EXIT
+$extras >"$lists/core.txt"
+for extra in torch medsam biomedclip tapip3d gateway; do
+    $extras --only "$extra" >"$lists/$extra.txt"
+done
+$extras wilor >"$lists/wilor.txt"
+# setuptools and wheel build the project's own wheel inside the build (build isolation, offline).
+printf 'setuptools>=69\nwheel\n' >"$lists/build.txt"
+fingerprint=$(cat "$lists"/*.txt | sha256sum | cut -d' ' -f1)
+if [[ -f "$out/.lists" && "$(cat "$out/.lists")" == "$fingerprint" ]]; then
+    echo "wheelhouse $out is up to date"
+    exit 0
+fi
+rm -f "$out/.lists"
+cp "$lists"/*.txt "$out/requirements/"
+
+# The images' interpreter, whatever the host's: CPython 3.11 on x86_64 glibc (bookworm's 2.36), wheels only.
+target=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64
+    --platform manylinux_2_28_x86_64 --platform linux_x86_64 --platform any)
+
+fill() {  # fill DIR from requirement files, reusing DIR's wheels; DIR ends up with exactly what they resolve to
+    local dir=$1
+    shift
+    rm -rf "$dir.new"
+    "$python" -m pip download --quiet "${target[@]}" --find-links "$dir" --dest "$dir.new" "$@"
+    rm -rf "$dir"
+    mv "$dir.new" "$dir"
+}
+
+fill "$out/main" -r "$out/requirements/core.txt" -r "$out/requirements/medsam.txt" \
+    -r "$out/requirements/biomedclip.txt" -r "$out/requirements/tapip3d.txt" -r "$out/requirements/gateway.txt" \
+    -r "$out/requirements/build.txt"
+fill "$out/wilor" -r "$out/requirements/wilor.txt"
+# mediapipe requires opencv-contrib-python, whose cv2 links libGL/X11; the image swaps in the headless build.
+opencv=$(ls "$out/wilor" | sed -n 's/^opencv_contrib_python-\([^-]*\)-.*/\1/p')
+"$python" -m pip download --quiet "${target[@]}" --no-deps --find-links "$out/wilor" --dest "$out/wilor" \
+    "opencv-contrib-python-headless==$opencv"
+echo "$fingerprint" >"$out/.lists"
+echo "wheelhouse $out: $(du -sh "$out" | cut -f1) ($(ls "$out/main" | wc -l) + $(ls "$out/wilor" | wc -l) wheels)"

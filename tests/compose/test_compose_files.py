@@ -1,0 +1,119 @@
+"""docker-compose.yml, the GPU overlay, the compose configs and the Dockerfile, checked without starting anything."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelyard.medsam.architecture import TINY
+from tests.compose.conftest import MODEL_SERVICES, ROOT, compose_command
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+GPU_FILE = ROOT / "docker-compose.gpu.yml"
+TINY_DIR = ROOT / "deploy" / "compose" / "tiny"
+
+
+def services() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE_FILE.read_text())["services"])
+
+
+def resolved(*files: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`compose config`: the files merged and interpolated by the compose tool itself."""
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    args = [a for f in files for a in ("-f", str(f))]
+    done = subprocess.run(
+        [*command, *args, "config"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(yaml.safe_load(done.stdout))
+
+
+def test_every_model_service_and_the_gateway_run_from_their_own_image() -> None:
+    found = services()
+    assert set(found) == {*MODEL_SERVICES, "gateway"}
+    for name, service in found.items():
+        assert service["image"] == f"modelyard/{name}:${{MODELYARD_TAG:-latest}}"
+        assert service["restart"] == "unless-stopped"
+        assert service["healthcheck"]["test"][:3] == ["CMD", "modelyard", "health"]  # grpc.health.v1 inside
+
+
+def test_only_the_gateway_is_published_and_the_services_network_is_internal() -> None:
+    config = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert config["networks"]["backend"]["internal"] is True
+    for name, service in config["services"].items():
+        if name == "gateway":
+            assert service["networks"] == ["backend", "edge"] and len(service["ports"]) == 1
+        else:
+            assert service["networks"] == ["backend"] and "ports" not in service
+
+
+def test_volumes_config_and_models_read_only_data_read_write() -> None:
+    for name, service in services().items():
+        mounts = dict(re.search(r":(/\w+)(:ro)?$", v).groups() for v in service["volumes"])  # type: ignore[union-attr]
+        expected = {"/config": ":ro", "/data": None} | ({} if name == "gateway" else {"/models": ":ro"})
+        assert mounts == expected
+
+
+def test_the_gpu_overlay_pins_each_service_from_the_planners_variables() -> None:
+    env = {"MEDSAM_GPU": "2", "MEDSAM_MEMORY_FRACTION": "0.46", "TAPIP3D_GPU": "3", "TAPIP3D_MEMORY_FRACTION": ""}
+    merged = resolved(COMPOSE_FILE, GPU_FILE, env=env)["services"]
+    for name in MODEL_SERVICES:
+        (device,) = merged[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert device["device_ids"] == [{"medsam": "2", "tapip3d": "3"}.get(name, "0")]
+    assert merged["medsam"]["environment"]["MODELYARD_MEMORY_FRACTION"] == "0.46"
+    assert merged["tapip3d"]["environment"]["MODELYARD_MEMORY_FRACTION"] in ("", None)  # empty: no cap
+    assert "deploy" not in merged["gateway"]
+    # exactly the variables the planner writes (gateway/planner.py)
+    text = GPU_FILE.read_text()
+    assert set(re.findall(r"\$\{([A-Z0-9_]+):-", text)) == {
+        f"{s.upper()}_{suffix}" for s in MODEL_SERVICES for suffix in ("GPU", "MEMORY_FRACTION")
+    }
+
+
+def test_the_cpu_file_validates_with_its_defaults() -> None:
+    merged = resolved(COMPOSE_FILE)["services"]
+    assert all("deploy" not in s for s in merged.values())
+
+
+@pytest.mark.parametrize("name", ["tapip3d.yaml", "wilor.yaml", "gateway.yaml"])
+def test_the_tiny_config_folder_copies_deploy_config_except_for_the_models(name: str) -> None:
+    assert (TINY_DIR / name).read_text() == (ROOT / "deploy" / "config" / name).read_text(), (
+        f"deploy/compose/tiny/{name} differs from deploy/config/{name}: run `make compose-config`"
+    )
+
+
+def test_the_tiny_medsam_config_names_the_architecture_the_models_step_writes() -> None:
+    model = yaml.safe_load((TINY_DIR / "medsam.yaml").read_text())["model"]
+    assert model["architecture"] == TINY.model_dump(mode="json")
+    assert model["checkpoint"].startswith("/models/tiny-random/")
+
+
+def test_the_dockerfile_has_a_stage_per_deployable_over_a_shared_runtime() -> None:
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    stages = {stage: parent for parent, stage in re.findall(r"^FROM (\S+) AS (\S+)$", text, re.MULTILINE)}
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim-bookworm$", text, re.MULTILINE)
+    for torch_service in ("medsam", "biomedclip", "tapip3d"):
+        assert stages[torch_service] == "runtime"  # torch is installed once, in `runtime`
+    assert stages["runtime"] == "core" and stages["gateway"] == "core" and stages["wilor"] == "base"
+    assert text.count("USER 10001:10001") == 5 and "apt-get" not in text and "gcc" not in text
+    # wheels come from the wheelhouse served to the build, never from an index, never copied into a layer
+    installs = re.findall(r"^(?:RUN| &&) [^\n]*pip install [^\n]*", text, re.MULTILINE)
+    assert installs and all("--no-index --find-links ${WHEELS}/" in line for line in installs)
+    assert "COPY build/wheelhouse/main" not in text and "COPY build/wheelhouse/wilor" not in text
+
+
+def test_the_build_context_leaves_virtualenvs_wheels_and_data_out() -> None:
+    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "*"  # everything out, then only the sources (and the requirement lists) back in
+    included = [line.removeprefix("!") for line in lines[1:] if line.startswith("!")]
+    assert included == ["pyproject.toml", "README.md", "protos/modelyard/", "services/", "gateway/",
+                        "build/wheelhouse/requirements/"]  # fmt: skip
