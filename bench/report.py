@@ -5,10 +5,24 @@ from __future__ import annotations
 import os
 import platform
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# Benchmarks\n\nNumbers from `make bench` (or `python -m bench.<name>`). Never asserted in tests.\n"
+
+
+def timed(call: Callable[[], object], n: int, warmup: int = 5) -> list[float]:
+    """Seconds of each of `n` calls, after `warmup` calls that are not counted."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return samples
 
 
 def machine() -> str:

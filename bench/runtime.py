@@ -9,8 +9,6 @@ import argparse
 import io
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -19,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from bench.report import machine, table, write_section
+from bench.report import machine, table, timed, write_section
 from modelyard.medsam.architecture import TINY, write_random_checkpoint
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.model import MedSAMAdapter, SegmentItem
@@ -38,17 +36,6 @@ GOALS_MS = {"1 KB": 0.5, "1 MB": 1.5, "10 MB": 10.0}
 def percentiles(samples_s: list[float]) -> tuple[float, float]:
     ms = sorted(s * 1000 for s in samples_s)
     return statistics.median(ms), ms[min(len(ms) - 1, int(0.99 * len(ms)))]
-
-
-def timed(call: Callable[[], object], n: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def write_config(folder: Path, name: str, model: dict, runtime: dict) -> Path:

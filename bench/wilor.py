@@ -12,7 +12,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,13 +19,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from bench.report import machine, table, write_section
+from bench.report import machine, table, timed, write_section
+from modelyard.gateway.assets import HAND_PHOTO, fetch
 from modelyard.runtime.launch import LocalService
 from modelyard.wilor.client import WiLoRClient
 from modelyard.wilor.config import WiLoRConfig
 from modelyard.wilor.hands import Query
 from modelyard.wilor.model import WiLoRAdapter
-from tests.assets import HAND_PHOTO, fetch
 
 
 def frames() -> dict[str, np.ndarray]:
@@ -40,13 +39,7 @@ def frames() -> dict[str, np.ndarray]:
 def rate(call: object, n: int) -> tuple[float, float]:
     """Median and total seconds of `n` calls (after 3 warm-up calls)."""
     assert callable(call)
-    for _ in range(3):
-        call()
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - started)
+    samples = timed(call, n, warmup=3)
     return statistics.median(samples), sum(samples)
 
 
