@@ -70,8 +70,12 @@ proto-check: setup
 k8s-config:
 	for s in medsam biomedclip tapip3d wilor; do cp deploy/config/$$s.yaml deploy/k8s/base/config/; done
 
-bench: setup
+# Every benchmark; each rewrites its own section of bench/RESULTS.md.
+bench: setup test-assets
 	$(PY) -m bench.runtime
+	$(PY) -m bench.biomedclip
+	$(PY) -m bench.tapip3d
+	$(WILOR_PY) -m bench.wilor
 	$(PY) -m bench.gateway_load
 	$(PY) -m bench.medvqa_vs_sequential
 
