@@ -87,14 +87,14 @@ bench-wilor: setup test-assets
 # Compose v2 when the engine has it, the Debian docker-compose (v1) otherwise; both read the same files.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 GPU ?= 0
-.PHONY: images images-if-engine up down test-compose compose-config
+.PHONY: images images-if-engine up down test-compose compose-config swarm-up swarm-down test-swarm
 
 # The wheelhouse (once), a base image (from Debian packages when nothing can be pulled), one image per service;
 # prints the sizes.
 images:
 	deploy/docker/build-images.sh
 
-# `make test` runs tests/compose wherever a Docker engine answers, so it builds the images there first.
+# `make test` runs tests/compose and tests/swarm wherever a Docker engine answers, so it builds the images there first.
 images-if-engine:
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
 	else echo "no Docker engine reachable: images not built, tests/compose will skip"; fi
@@ -109,6 +109,21 @@ down:
 # The compose suite alone; against a running deployment: .venv/bin/pytest tests/compose --gateway HOST:PORT --data-dir DIR
 test-compose: setup images
 	$(PY) -m pytest -q tests/compose
+
+# Docker Swarm (README "Docker Swarm"): on a manager node, docker-compose.yml + deploy/swarm/docker-stack.yml
+# (+ docker-stack.gpu.yml with GPU=1) as stack $(STACK); waits until every replica is healthy.
+STACK ?= modelyard
+swarm-up: images
+	STACK=$(STACK) GPU=$(GPU) deploy/swarm/up.sh
+
+swarm-down:
+	docker stack rm $(STACK)
+
+# The swarm suite alone: creates a single-node swarm when the engine is in none (and leaves it), deploys its own
+# stack, kills / updates / freezes MedSAM replicas mid-job. `make test` runs it too (after `images`); it skips,
+# saying so, without an engine or when the engine is in a swarm it did not create.
+test-swarm: setup images
+	$(PY) -m pytest -q tests/swarm
 
 # deploy/compose/tiny holds copies of deploy/config's tapip3d, wilor and gateway configs (a test compares them).
 compose-config:

@@ -10,6 +10,8 @@ Checks, each a function returning findings (ok / warn / fail, with the fix):
   ports    the gateway's published port is free (or served by our own stack)
   health   grpc.health.v1 of each running service (--address, or the local stack's .modelyard/stack.json) and the
            health of running modelyard containers
+  swarm    when the engine is in a Docker Swarm: its nodes, and per stack service of our images the healthy
+           replicas against the desired ones, rolling updates that stopped, and tasks swarm replaced
 The exit code is 1 when any check fails; warnings do not fail.
 """
 
@@ -35,7 +37,8 @@ from modelyard.runtime.devices import GpuSnapshot, read_gpus
 from modelyard.runtime.errors import ConfigError
 
 Status = Literal["ok", "warn", "fail"]
-CHECKS = ("engine", "images", "volumes", "configs", "gpus", "ports", "health")
+CHECKS = ("engine", "images", "volumes", "configs", "gpus", "ports", "health", "swarm")
+STACK_LABEL = "com.docker.stack.namespace"
 IMAGE_PREFIX = "modelyard/"
 GATEWAY_PORT = 50050
 
@@ -126,6 +129,103 @@ def check_containers(client: Any) -> list[Finding]:
             )
         else:
             findings.append(Finding("health", subject, "ok", health or "running (no healthcheck)"))
+    return findings
+
+
+# -- Docker Swarm ------------------------------------------------------------------------------------------------
+
+
+def check_swarm(client: Any) -> list[Finding]:
+    """Nodes and stack services of a swarm deployment (deploy/swarm); nothing when the engine is in no swarm."""
+    info = client.info().get("Swarm") or {}
+    if info.get("LocalNodeState") != "active":
+        return []
+    if not info.get("ControlAvailable"):
+        return [
+            Finding(
+                "swarm",
+                "this node",
+                "warn",
+                "a swarm worker: services and nodes are known to managers only",
+                "run modelyard doctor on a manager node (docker node ls there)",
+            )
+        ]
+    return _swarm_nodes(client.nodes.list()) + _swarm_services(client)
+
+
+def _swarm_nodes(nodes: Sequence[Any]) -> list[Finding]:
+    findings = []
+    for node in nodes:
+        attrs = node.attrs
+        spec, status, desc = attrs.get("Spec", {}), attrs.get("Status", {}), attrs.get("Description", {})
+        gpus = [
+            r.get("DiscreteResourceSpec") or r.get("NamedResourceSpec")
+            for r in (desc.get("Resources") or {}).get("GenericResources") or []
+        ]
+        labels = ", ".join(f"{k}={v}" for k, v in sorted((spec.get("Labels") or {}).items()))
+        detail = (
+            f"{spec.get('Role')}, {status.get('State')}, {spec.get('Availability')}, "
+            f"engine {desc.get('Engine', {}).get('EngineVersion', '?')}"
+            + (f", generic resources {gpus}" if gpus else "")
+            + (f", labels {labels}" if labels else "")
+        )
+        subject = f"node {desc.get('Hostname', node.id)}"
+        if status.get("State") != "ready":
+            findings.append(Finding("swarm", subject, "fail", detail, "on that node: systemctl status docker"))
+        elif spec.get("Availability") != "active":
+            findings.append(
+                Finding(
+                    "swarm",
+                    subject,
+                    "warn",
+                    detail + ": takes no new tasks",
+                    f"docker node update --availability active {node.id}",
+                )
+            )
+        else:
+            findings.append(Finding("swarm", subject, "ok", detail))
+    return findings
+
+
+def _swarm_services(client: Any) -> list[Finding]:
+    findings = []
+    for service in client.services.list():
+        spec = service.attrs.get("Spec", {})
+        image = spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image", "")
+        stack = (spec.get("Labels") or {}).get(STACK_LABEL)
+        if not stack or not image.startswith(IMAGE_PREFIX):
+            continue
+        name = spec.get("Name", service.name)
+        desired = (spec.get("Mode", {}).get("Replicated") or {}).get("Replicas")
+        tasks = service.tasks()
+        current = [t for t in tasks if t.get("DesiredState") == "running"]
+        # A task with a healthcheck reports "running" only once the check passes, so running means healthy.
+        running = sum(t.get("Status", {}).get("State") == "running" for t in current)
+        starting = len(current) - running
+        replaced = [t for t in tasks if t.get("DesiredState") == "shutdown" and t.get("Status", {}).get("Err")]
+        detail = f"{running}/{desired if desired is not None else 'global'} replicas healthy"
+        detail += f", {starting} starting" if starting else ""
+        if replaced:
+            last = max(replaced, key=lambda t: t.get("Status", {}).get("Timestamp", ""))
+            detail += f"; swarm replaced {len(replaced)} failed task(s), last: {last['Status']['Err']}"
+        update = service.attrs.get("UpdateStatus") or {}
+        fix = f"docker service ps --no-trunc {name}; docker service logs {name}"
+        if desired and running == 0:
+            findings.append(Finding("swarm", f"service {name}", "fail", detail, fix))
+        elif update.get("State") in ("paused", "rollback_completed", "rollback_paused"):
+            findings.append(
+                Finding(
+                    "swarm",
+                    f"service {name}",
+                    "fail",
+                    f"{detail}; update {update['State']}: {update.get('Message', '')}",
+                    fix,
+                )
+            )
+        elif desired is not None and running < desired:
+            findings.append(Finding("swarm", f"service {name}", "warn", detail, fix))
+        else:
+            findings.append(Finding("swarm", f"service {name}", "ok", detail))
     return findings
 
 
@@ -385,6 +485,8 @@ def run_checks(args: argparse.Namespace) -> list[Finding]:
             findings += check_containers(client)
         if not any(f.check == "health" for f in findings):
             findings.append(Finding("health", "services", "ok", "nothing running to check (no --address, no stack)"))
+    if "swarm" not in skip and client is not None:
+        findings += check_swarm(client)
     return findings
 
 

@@ -32,16 +32,23 @@ MEDVQA = {"TOPK": "16"}  # full mode: BiomedCLIP boxes, then MedSAM masks; the t
 HAND3D = {"GRID_SIZE": "8"}
 MEDVQA_ITEMS = 24  # enough that a fault lands while items are still pending (asserted, not assumed)
 HAND3D_ITEMS = 6
-# Kills the server process, the child of the container's init: a crash, which the restart policy answers.
-CRASH = (
-    "import os, signal\n"
-    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-    "    try:\n"
-    "        if open(f'/proc/{pid}/stat').read().split()[3] == '1':\n"
-    "            os.kill(int(pid), signal.SIGKILL)\n"
-    "    except OSError:\n"
-    "        pass\n"
-)
+
+
+def server_signal_script(signal_name: str) -> str:
+    """Python that sends `signal_name` to the server process, the child of the container's init (PID 1)."""
+    return (
+        "import os, signal\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        if open(f'/proc/{pid}/stat').read().split()[3] == '1':\n"
+        f"            os.kill(int(pid), signal.{signal_name})\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+
+
+# Kills the server process: a crash, which the restart policy answers.
+CRASH = server_signal_script("SIGKILL")
 
 
 def _stamp() -> str:
