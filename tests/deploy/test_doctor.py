@@ -20,6 +20,7 @@ from modelyard.gateway.doctor import (
     check_health,
     check_images,
     check_ports,
+    check_swarm,
     check_volumes,
     image_name,
     planned_gpus,
@@ -199,3 +200,67 @@ def test_an_unreachable_engine_says_how_to_reach_one() -> None:
 
     [finding], client = check_engine(lambda: docker.DockerClient(base_url="unix:///nonexistent.sock", timeout=2))
     assert client is None and finding.status == "fail" and "DOCKER_HOST" in finding.fix
+
+
+# -- swarm: the engine's answers as the docker SDK returns them (tests/swarm checks a real swarm) ---------------
+
+
+class _Service:
+    def __init__(self, name: str, replicas: int, states: list[str], **extra: object) -> None:
+        self.name = name
+        self.attrs = {
+            "Spec": {
+                "Name": name,
+                "Labels": {"com.docker.stack.namespace": "modelyard"},
+                "Mode": {"Replicated": {"Replicas": replicas}},
+                "TaskTemplate": {"ContainerSpec": {"Image": "modelyard/medsam:latest@sha256:0"}},
+            },
+            **extra,
+        }
+        self._tasks = [{"DesiredState": "running", "Status": {"State": s}} for s in states]
+
+    def tasks(self) -> list[dict[str, object]]:
+        return self._tasks
+
+
+class _Swarm:
+    def __init__(self, state: str, manager: bool, services: list[_Service] = ()) -> None:  # type: ignore[assignment]
+        self._info = {"Swarm": {"LocalNodeState": state, "ControlAvailable": manager}}
+        node = type("Node", (), {"id": "n1", "attrs": {
+            "Spec": {"Role": "manager", "Availability": "active", "Labels": {}},
+            "Status": {"State": "ready"},
+            "Description": {"Hostname": "lab1", "Engine": {"EngineVersion": "20.10"}, "Resources": {
+                "GenericResources": [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 2}}]}},
+        }})()  # fmt: skip
+        self.nodes = type("Nodes", (), {"list": lambda _self: [node]})()
+        self.services = type("Services", (), {"list": lambda _self: list(services)})()
+
+    def info(self) -> dict[str, object]:
+        return self._info
+
+
+def test_outside_a_swarm_doctor_says_nothing_about_one() -> None:
+    assert check_swarm(_Swarm("inactive", manager=False)) == []
+
+
+def test_on_a_swarm_worker_doctor_says_to_ask_a_manager() -> None:
+    [finding] = check_swarm(_Swarm("active", manager=False))
+    assert finding.status == "warn" and "manager" in finding.fix
+
+
+def test_on_a_manager_nodes_and_each_services_healthy_replicas_are_reported() -> None:
+    services = [
+        _Service("modelyard_medsam", 2, ["running", "starting"]),
+        _Service("modelyard_biomedclip", 1, ["starting"]),
+        _Service("modelyard_gateway", 1, ["running"], UpdateStatus={"State": "rollback_completed", "Message": "x"}),
+        _Service("modelyard_wilor", 1, ["running"]),
+    ]
+    found = by_subject(check_swarm(_Swarm("active", manager=True, services=services)))
+    node = found["node lab1"]
+    assert node.status == "ok" and "manager, ready, active" in node.detail and "gpu" in node.detail  # type: ignore[attr-defined]
+    medsam = found["service modelyard_medsam"]
+    assert medsam.status == "warn" and medsam.detail == "1/2 replicas healthy, 1 starting"  # type: ignore[attr-defined]
+    assert found["service modelyard_biomedclip"].status == "fail"  # type: ignore[attr-defined]
+    gateway = found["service modelyard_gateway"]
+    assert gateway.status == "fail" and "rollback_completed" in gateway.detail  # type: ignore[attr-defined]
+    assert found["service modelyard_wilor"].status == "ok"  # type: ignore[attr-defined]
