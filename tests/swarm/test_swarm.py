@@ -128,7 +128,7 @@ def test_a_rolling_update_of_medsam_mid_job_fails_no_item(stack: Stack) -> None:
     )
     assert during.state == "running", f"the job ended before the update did: size it larger ({during})"
     assert len(running) == 2 and not old & {t["ID"] for t in running}
-    assert all(f"MODELYARD_TEST_ROLL={marker}" in t["Spec"]["ContainerSpec"]["Env"] for t in running)
+    assert all(f"MODELYARD_TEST_ROLL={marker}" in t["Spec"]["ContainerSpec"].get("Env", []) for t in running)
     check_medvqa(stack.deployment, final, count)
 
 
@@ -144,6 +144,7 @@ def test_an_unhealthy_replica_is_replaced_by_swarm_and_the_job_fails_no_item(sta
         time.sleep(0.2)
     noticed = time.monotonic() - frozen
     back = stack.wait_replicas("medsam", 2, without={victim["ID"]})
+    task = stack.task("medsam", victim["ID"])  # its end, as swarm recorded it
     final = wait_done(client, job)
     figure(
         f"unhealthy: swarm shut the frozen replica down after {noticed:.1f} s ({task['Status'].get('Err', '')}), "
