@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -313,18 +313,17 @@ _GUARD = {"pixels": 0}
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
 
 
-def decode_image_bytes(data: bytes, max_pixels: int, what: str, budget: RequestBudget | None = None) -> np.ndarray:
-    """Encoded image bytes as an array. The size comes from the header and is checked against `max_pixels` and
-    the request's `budget` before any pixel is decoded."""
+@contextlib.contextmanager
+def open_image(
+    data: bytes, max_pixels: int, what: str, budget: RequestBudget | None = None
+) -> Iterator[PILImage.Image]:
+    """Encoded image bytes opened with PIL, once the size its header declares is within `max_pixels` and the
+    request's `budget`; nothing is decoded before that. Whatever goes wrong in the block becomes an InvalidInput
+    that says what to fix (never an object's repr)."""
     if not data:
         raise InvalidInput(f"{what}: no bytes were sent")
-    too_large = (
-        f"{what}: the image is over this service's limit of {max_pixels} pixels (model.max_pixels); "
-        "downscale or crop it"
-    )
     try:
-        with PILImage.open(io.BytesIO(data)) as opened:
-            img: PILImage.Image = opened
+        with PILImage.open(io.BytesIO(data)) as img:
             if img.width * img.height > max_pixels:
                 raise InvalidInput(
                     f"{what}: {img.width}x{img.height} is over this service's limit of {max_pixels} pixels "
@@ -332,13 +331,14 @@ def decode_image_bytes(data: bytes, max_pixels: int, what: str, budget: RequestB
                 )
             if budget is not None:
                 budget.charge(img.width * img.height, what)
-            if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "1"):
-                img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
-            return np.array(img)
+            yield img
     except ModelyardError:
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-        raise InvalidInput(too_large) from None
+        raise InvalidInput(
+            f"{what}: the image declares more pixels than this service's limit of {max_pixels} (model.max_pixels); "
+            "downscale or crop it"
+        ) from None
     except PILImage.UnidentifiedImageError:
         raise InvalidInput(
             f"{what}: the bytes are not a decodable image: they begin with {data[:8]!r}, which no format this "
@@ -347,6 +347,14 @@ def decode_image_bytes(data: bytes, max_pixels: int, what: str, budget: RequestB
     except Exception as exc:
         detail = _OBJECT_REPR.sub("the image", str(exc)) or type(exc).__name__
         raise InvalidInput(f"{what}: the bytes are not a decodable image: damaged or truncated ({detail})") from None
+
+
+def decode_image_bytes(data: bytes, max_pixels: int, what: str, budget: RequestBudget | None = None) -> np.ndarray:
+    """Encoded image bytes as an array (palette, CMYK and the like as RGB/RGBA), checked as `open_image` does."""
+    with open_image(data, max_pixels, what, budget) as img:
+        if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "1"):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+        return np.array(img)
 
 
 def check_box(box: np.ndarray, height: int, width: int, where: str) -> None:

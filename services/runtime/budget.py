@@ -43,7 +43,7 @@ class RequestBudget:
         """Refuse more than max_items items (before any is prepared)."""
         if items > self.max_items:
             raise InvalidInput(
-                f"{items} {what} in one request, over this service's limit of {self.max_items} ({self.items_key}); "
+                f"{items} {what} in one request, over the limit of {self.max_items} per request ({self.items_key}); "
                 "split the request"
             )
 

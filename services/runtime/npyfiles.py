@@ -45,7 +45,7 @@ def _header(stream: IO[bytes], name: str, what: str) -> ArrayHeader:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InvalidInput(f"{what}: '{name}' cannot be read as a numpy array ({exc})") from None
     if dtype.hasobject:
-        raise InvalidInput(f"{what}: '{name}' holds Python objects (pickles), which are never loaded; save plain arrays")
+        raise InvalidInput(f"{what}: '{name}' holds Python objects (pickles), never loaded here; save plain arrays")
     return ArrayHeader(name, tuple(int(d) for d in shape), dtype)
 
 
