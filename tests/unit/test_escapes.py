@@ -82,7 +82,7 @@ def test_a_region_that_is_a_fifo_or_a_folder_is_refused_without_blocking(shm: Pa
     for name in ("fifo", "folder"):
         with pytest.raises(InvalidInput, match="not a regular file"):
             tensor_to_numpy(shared(name, [4]), shm)
-        with pytest.raises(InvalidInput, match="not a regular file|cannot be opened"):
+        with pytest.raises(InvalidInput, match=r"not a regular file|cannot be opened"):
             OutputWriter(types_pb2.OutputRegion(region=name), shm)
 
 
@@ -226,7 +226,7 @@ def test_an_npz_with_a_member_that_is_not_an_array_is_refused(tmp_path: Path) ->
     path = tmp_path / "odd.npz"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("notes.txt", "hello")
-    with pytest.raises(InvalidInput, match="'notes.txt' is not an .npy array"):
+    with pytest.raises(InvalidInput, match=r"'notes\.txt' is not an \.npy array"):
         npz_headers(path, 1 << 30, "odd.npz")
 
 
