@@ -285,3 +285,16 @@ def test_preparation_stops_when_the_deadline_passed_or_the_caller_cancelled() ->
     with pytest.raises(Cancelled):
         RequestBudget(10, 1000, Context(active=False)).charge(1, "item 0")
     RequestBudget(10, 1000, Context(remaining=None)).charge(1, "item 0")  # no deadline: fine
+
+
+def test_the_gateway_decodes_images_with_the_services_guard() -> None:
+    from modelyard.gateway.pipelines.medvqa import _decode
+
+    bomb = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(bomb, format="PNG")  # 64 M pixels from a few tens of KB
+    with pytest.raises(InvalidInput, match="8000x8000 is over this service's limit of 50000000 pixels"):
+        _decode(bomb.getvalue(), "scan.png")
+    with pytest.raises(InvalidInput) as err:
+        _decode(b"not an image", "notes.png")
+    assert "object at 0x" not in err.value.message
+    assert _decode(png(np.zeros((4, 4), np.uint8)), "ok.png").shape == (4, 4)
