@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,3 +38,19 @@ def medsam_service(tmp_path_factory: pytest.TempPathFactory, tiny_model_section:
     config = write_config(folder, model, {"max_batch_size": 4, "queue_size": 8}, "medsam.yaml")
     with LocalService("medsam", config, log_path=folder / "medsam.log") as service:
         yield service
+
+
+SHM_SECRET = b"a file nobody offered as shared memory\n" * 128
+
+
+@pytest.fixture
+def shm_symlink(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A name in /dev/shm (world-writable) that is a symlink to some other file: (region name, that file)."""
+    target = tmp_path / "precious.bin"
+    target.write_bytes(SHM_SECRET)
+    link = Path("/dev/shm") / f"modelyard-test-link-{os.getpid()}-{tmp_path.name}"
+    link.symlink_to(target)
+    try:
+        yield link.name, target
+    finally:
+        link.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from modelyard.gateway import files
 from modelyard.gateway.jobs import Item, ItemState, JobRecord
 from modelyard.gateway.pipeline import Pipeline, StepContext
 from modelyard.gateway.pipelines.tables import parse_boxes, parse_regions, read_table
-from modelyard.runtime.arrays import tensor_to_numpy
+from modelyard.runtime.arrays import guard_decoding, open_image, tensor_to_numpy
 from modelyard.runtime.config import Strict
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.paths import confined
@@ -52,6 +52,9 @@ SHM = Path("/dev/shm")
 def _bgr(text: str) -> tuple[int, int, int]:
     b, g, r = (int(v) for v in text.split(","))
     return r, g, b
+
+
+MAX_PIXELS = 50_000_000  # the largest image decoded here: the model services' default model.max_pixels
 
 
 class MedVQAOptions(Strict):
@@ -378,11 +381,10 @@ def _shift(box: list[float], shift: float, w: int, h: int) -> list[float]:
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
-    except Exception as exc:
-        raise InvalidInput(f"image {name} cannot be decoded: {exc}") from None
+    # The services' guarded decoder: pixels checked from the header (and PIL's bomb guard) before decoding.
+    guard_decoding(MAX_PIXELS)
+    with open_image(data, MAX_PIXELS, f"image {name}") as img:
+        return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
 
 
 def _encode(picture: np.ndarray, suffix: str) -> bytes:

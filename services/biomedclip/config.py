@@ -97,7 +97,10 @@ class BiomedCLIPConfig(Strict):
         False, description="allow checkpoints holding arbitrary Python objects (runs their code when unpickling)"
     )
     max_pixels: int = Field(50_000_000, ge=1, description="refuse images with more pixels than this")
-    max_items_per_request: int = Field(256, ge=1)
+    max_items_per_request: int = Field(256, ge=1, description="images, texts or items per request")
+    max_request_pixels: int = Field(
+        200_000_000, ge=1, description="pixels of all a request's images together, counted from their headers"
+    )
     max_labels: int = Field(1000, ge=2)
     max_prompt_chars: int = Field(2000, ge=1)
     classify_template: str = Field("{}", description="how a label becomes a prompt; {} is the label")
@@ -109,4 +112,6 @@ class BiomedCLIPConfig(Strict):
     def _template(self) -> BiomedCLIPConfig:
         if "{}" not in self.classify_template:
             raise ValueError(f"classify_template '{self.classify_template}' needs {{}} where the label goes")
+        if self.max_request_pixels < self.max_pixels:
+            raise ValueError(f"max_request_pixels {self.max_request_pixels} is under max_pixels {self.max_pixels}")
         return self

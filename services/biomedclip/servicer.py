@@ -26,7 +26,9 @@ from modelyard.biomedclip.model import (
     HeatmapItem,
 )
 from modelyard.biomedclip.preprocess import ImageSettings, to_frame
-from modelyard.runtime.arrays import OutputWriter, decode_image, encode_png, numpy_to_tensor
+from modelyard.runtime.arrays import OutputWriter, decode_image, encode_png, guard_decoding, numpy_to_tensor
+from modelyard.runtime.budget import CallContext, RequestBudget
+from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import ConfigError, InvalidInput, NotReady
 from modelyard.runtime.host import ModelHost
 from modelyard.runtime.progress import Progress
@@ -94,6 +96,7 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
         self.config: BiomedCLIPConfig = host.config.model
         self._settings: ImageSettings | None = None
         self._lock = threading.Lock()
+        guard_decoding(self.config.max_pixels)
 
     # -- helpers --------------------------------------------------------------------------------------
     def _image_settings(self) -> ImageSettings:
@@ -109,23 +112,30 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
                 self._settings = ImageSettings.from_config(files.model_cfg, files.preprocess_cfg)
         return self._settings
 
-    def _count(self, count: int, what: str) -> None:
+    def _count(self, count: int, what: str, context: CallContext | None) -> RequestBudget:
+        """The call's budget, once its items are counted (before any is prepared)."""
         if count == 0:
             raise InvalidInput(f"the request holds no {what}: send at least one")
-        if count > self.config.max_items_per_request:
-            raise InvalidInput(
-                f"{count} {what} in one request, over the limit of {self.config.max_items_per_request} "
-                "(model.max_items_per_request); split the request"
-            )
+        budget = RequestBudget(self.config.max_items_per_request, self.config.max_request_pixels, context)
+        budget.count(count, what)
+        return budget
 
-    def _rgb(self, msg: types_pb2.Image, what: str) -> np.ndarray:
+    def _rgb(self, msg: types_pb2.Image, what: str, budget: RequestBudget) -> np.ndarray:
         """Any accepted image as (H,W,3) uint8 RGB (grey repeated, alpha dropped, wider ranges min-max scaled)."""
         if msg.WhichOneof("source") == "array":
             dtype = msg.array.inline.dtype or msg.array.shared.dtype
             if dtype not in _ACCEPTED_DTYPES:
                 raise InvalidInput(f"{what}: dtype {dtype} is not accepted; use uint8, uint16, int16 or float")
         runtime = self.host.runtime
-        image = decode_image(msg, runtime.shared_memory_dir, runtime.data_root, self.config.max_pixels, what)
+        image = decode_image(
+            msg,
+            runtime.shared_memory_dir,
+            runtime.data_root,
+            self.config.max_pixels,
+            what,
+            budget,
+            runtime.max_file_mb * MIB,
+        )
         return as_rgb_uint8(np.asarray(image))
 
     def _text(self, text: str, what: str) -> str:
@@ -149,14 +159,14 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
         return method, int(msg.top_k or cam.default_top_k)
 
     def _cam_items(
-        self, msgs: Any, method: str, top_k: int, progress: Progress
+        self, msgs: Any, method: str, top_k: int, progress: Progress, context: CallContext
     ) -> tuple[list[HeatmapItem], list[np.ndarray]]:
-        self._count(len(msgs), "items")
+        budget = self._count(len(msgs), "items", context)
         settings = self._image_settings()
         items, images = [], []
         for index, msg in enumerate(msgs):
             what = f"item {index}"
-            rgb = self._rgb(msg.image, what)
+            rgb = self._rgb(msg.image, what, budget)
             prompt = self._text(msg.prompt, f"{what}: the prompt")
             pixels, geometry = to_frame(rgb, settings, self.config.cam.geometry)
             items.append(HeatmapItem(pixels, geometry, prompt, method, top_k, progress))
@@ -167,10 +177,11 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
     def EmbedImages(
         self, request: biomedclip_pb2.EmbedImagesRequest, context: grpc.ServicerContext
     ) -> biomedclip_pb2.EmbeddingsResponse:
-        self._count(len(request.images), "images")
+        budget = self._count(len(request.images), "images", context)
         settings = self._image_settings()
         items = [
-            EmbedImageItem(to_frame(self._rgb(m, f"image {i}"), settings)[0]) for i, m in enumerate(request.images)
+            EmbedImageItem(to_frame(self._rgb(m, f"image {i}", budget), settings)[0])
+            for i, m in enumerate(request.images)
         ]
         vectors = self.host.run(items, context)
         return biomedclip_pb2.EmbeddingsResponse(embeddings=numpy_to_tensor(np.stack(vectors).astype(np.float32)))
@@ -178,7 +189,7 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
     def EmbedTexts(
         self, request: biomedclip_pb2.EmbedTextsRequest, context: grpc.ServicerContext
     ) -> biomedclip_pb2.EmbeddingsResponse:
-        self._count(len(request.texts), "texts")
+        self._count(len(request.texts), "texts", context)
         items = [EmbedTextItem(self._text(t, f"text {i}")) for i, t in enumerate(request.texts)]
         vectors = self.host.run(items, context)
         return biomedclip_pb2.EmbeddingsResponse(embeddings=numpy_to_tensor(np.stack(vectors).astype(np.float32)))
@@ -186,7 +197,7 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
     def Classify(
         self, request: biomedclip_pb2.ClassifyRequest, context: grpc.ServicerContext
     ) -> biomedclip_pb2.ClassifyResponse:
-        self._count(len(request.images), "images")
+        budget = self._count(len(request.images), "images", context)
         if len(request.labels) < 2:
             raise InvalidInput(
                 f"{len(request.labels)} label(s) given: give at least two, since probabilities are a softmax "
@@ -201,7 +212,7 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
         prompts = tuple(template.replace("{}", label) for label in labels)
         settings = self._image_settings()
         items = [
-            ClassifyItem(to_frame(self._rgb(m, f"image {i}"), settings)[0], prompts)
+            ClassifyItem(to_frame(self._rgb(m, f"image {i}", budget), settings)[0], prompts)
             for i, m in enumerate(request.images)
         ]
         results: list[Classification] = self.host.run(items, context)
@@ -229,10 +240,11 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
         if not 0 <= alpha <= 1:
             raise InvalidInput(f"render.alpha {alpha} must be within [0, 1]")
         progress = Progress()  # the host makes it watch the call, so the model stops when the caller goes
-        items, images = self._cam_items(request.items, method, top_k, progress)
-        results: list[Heatmap] = self.host.run(items, context, progress)
+        # The output region is checked before any work, so a bad one costs nothing.
         out = OutputWriter.optional(request.output_region, self.host.runtime.shared_memory_dir)
         try:
+            items, images = self._cam_items(request.items, method, top_k, progress, context)
+            results: list[Heatmap] = self.host.run(items, context, progress)
             return biomedclip_pb2.HeatmapResponse(
                 results=[
                     biomedclip_pb2.HeatmapResult(
@@ -259,7 +271,7 @@ class BiomedCLIPServicer(biomedclip_pb2_grpc.BiomedCLIPServicer):
         method, top_k = self._cam(request.cam)
         options = localize_settings(self.config.localize, request.options)
         progress = Progress()  # the host makes it watch the call, so the model stops when the caller goes
-        items, images = self._cam_items(request.items, method, top_k, progress)
+        items, images = self._cam_items(request.items, method, top_k, progress, context)
         results: list[Heatmap] = self.host.run(items, context, progress)
         style = self.config.render
         answers = []

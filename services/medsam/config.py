@@ -63,7 +63,19 @@ class MedSAMConfig(Strict):
     )
     max_pixels: int = Field(50_000_000, ge=1, description="refuse images with more pixels than this")
     max_boxes_per_image: int = Field(256, ge=1)
+    # Per request, checked before any image is prepared: each prepared item is image_size² RGB float (12 MB at
+    # 1024²), whatever the image's own size, so 32 items hold ~400 MB.
+    max_items_per_request: int = Field(32, ge=1, description="images per Segment request")
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="pixels of all a request's images together, counted from their headers"
+    )
     mask_threshold: float = Field(0.5, gt=0, lt=1, description="on the sigmoid of the logits")
+
+    @model_validator(mode="after")
+    def _budget(self) -> MedSAMConfig:
+        if self.max_request_pixels < self.max_pixels:
+            raise ValueError(f"max_request_pixels {self.max_request_pixels} is under max_pixels {self.max_pixels}")
+        return self
 
     @property
     def arch(self) -> Architecture:

@@ -10,7 +10,9 @@ import numpy as np
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.model import SegmentItem
 from modelyard.medsam.preprocess import CT_LEVEL, CT_WIDTH, Intensity, resize_normalise, to_rgb_uint8
-from modelyard.runtime.arrays import OutputWriter, check_box, decode_image, numpy_to_tensor
+from modelyard.runtime.arrays import OutputWriter, check_box, decode_image, guard_decoding, numpy_to_tensor
+from modelyard.runtime.budget import RequestBudget
+from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.host import ModelHost
 from modelyard.v1 import medsam_pb2, medsam_pb2_grpc, types_pb2
@@ -41,8 +43,9 @@ class MedSAMServicer(medsam_pb2_grpc.MedSAMServicer):
     def __init__(self, host: ModelHost) -> None:
         self.host = host
         self.config: MedSAMConfig = host.config.model
+        guard_decoding(self.config.max_pixels)
 
-    def _item(self, index: int, msg: medsam_pb2.SegmentItem) -> SegmentItem:
+    def _item(self, index: int, msg: medsam_pb2.SegmentItem, budget: RequestBudget) -> SegmentItem:
         what = f"item {index}"
         if msg.intensity not in _INTENSITY:
             raise InvalidInput(f"{what}: unknown intensity {msg.intensity}; use INTENSITY_AUTO, _CT or _MR (0, 1, 2)")
@@ -60,19 +63,31 @@ class MedSAMServicer(medsam_pb2_grpc.MedSAMServicer):
             if dtype not in _ACCEPTED_DTYPES:
                 raise InvalidInput(f"{what}: dtype {dtype} is not accepted; use uint8, uint16, int16 or float")
         runtime = self.host.runtime
-        image = decode_image(msg.image, runtime.shared_memory_dir, runtime.data_root, self.config.max_pixels, what)
+        image = decode_image(
+            msg.image,
+            runtime.shared_memory_dir,
+            runtime.data_root,
+            self.config.max_pixels,
+            what,
+            budget,
+            runtime.max_file_mb * MIB,
+        )
         height, width = image.shape[:2]
         boxes = validate_boxes(list(msg.boxes), height, width, self.config.max_boxes_per_image, what)
         rgb = to_rgb_uint8(image, _INTENSITY[msg.intensity], level, window)
+        budget.check()  # resizing to image_size² is the costly part
         return SegmentItem(resize_normalise(rgb, self.config.arch.image_size), boxes, height, width)
 
     def Segment(self, request: medsam_pb2.SegmentRequest, context: grpc.ServicerContext) -> medsam_pb2.SegmentResponse:
         if not request.items:
             raise InvalidInput("the request holds no items: send at least one image with its boxes")
-        items = [self._item(i, msg) for i, msg in enumerate(request.items)]
-        results = self.host.run(items, context)
+        budget = RequestBudget(self.config.max_items_per_request, self.config.max_request_pixels, context)
+        budget.count(len(request.items), "items")
+        # The output region is checked before any work, so a bad one costs nothing.
         out = OutputWriter.optional(request.output_region, self.host.runtime.shared_memory_dir)
         try:
+            items = [self._item(i, msg, budget) for i, msg in enumerate(request.items)]
+            results = self.host.run(items, context)
             return medsam_pb2.SegmentResponse(
                 results=[
                     medsam_pb2.SegmentResult(masks=numpy_to_tensor(r.masks, out), scores=r.scores.tolist())

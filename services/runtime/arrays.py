@@ -9,19 +9,23 @@ regions, so a crashed server leaks nothing; the caller unlinks its regions when 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import math
 import mmap
 import os
 import re
 import secrets
+import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
 
-from modelyard.runtime.errors import InvalidInput
-from modelyard.runtime.paths import read_confined
+from modelyard.runtime.budget import RequestBudget
+from modelyard.runtime.errors import InvalidInput, ModelyardError
+from modelyard.runtime.paths import DEFAULT_MAX_FILE_BYTES, read_confined
 from modelyard.v1 import types_pb2
 
 ALLOWED_DTYPES = {"uint8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
@@ -51,38 +55,110 @@ def region_path(shm_dir: Path, name: str) -> Path:
     return shm_dir / name
 
 
+def _open_region(shm_dir: Path, name: str, writable: bool) -> int:
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(shm_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidInput(
+            f"shared-memory folder {shm_dir} cannot be opened here ({exc.strerror}): send the array inline"
+        ) from None
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)  # O_NONBLOCK: a FIFO opens at once (and is refused below)
+    except FileNotFoundError:
+        raise InvalidInput(
+            f"shared-memory region '{name}' not found in {shm_dir}: the caller and the service must share "
+            "that folder (same host, or a tmpfs volume both mount); otherwise send the array inline"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidInput(
+                f"shared-memory region '{name}' in {shm_dir} is a symbolic link: a region must be the plain file "
+                "the caller created there"
+            ) from None
+        raise InvalidInput(f"shared-memory region '{name}' cannot be opened: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+
+
+def _check_region(fd: int, shm_dir: Path, name: str) -> int:
+    """The region's size, once the open file is known to be a caller's own region (else InvalidInput)."""
+    st, folder = os.fstat(fd), os.stat(shm_dir)
+    where = f"shared-memory region '{name}' in {shm_dir}"
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInput(f"{where} is not a regular file (a FIFO, device or folder): create the region as a file")
+    if st.st_dev != folder.st_dev or st.st_nlink != 1:
+        raise InvalidInput(f"{where} is a link to another file: a region must be the plain file the caller created")
+    trusted = trusted_region_owners()
+    if st.st_uid not in trusted:
+        raise InvalidInput(
+            f"{where} is owned by uid {st.st_uid}, which this service does not trust (it accepts regions of uids "
+            f"{', '.join(map(str, sorted(trusted)))}): create it as one of them, or add the uid to "
+            "runtime.shared_memory_uids"
+        )
+    return int(st.st_size)
+
+
+_TRUSTED_UIDS: set[int] = set()
+
+
+def trust_region_owners(uids: Iterable[int]) -> None:
+    """Also accept regions owned by these uids (runtime.shared_memory_uids; the service's own is always trusted).
+    Set once at start-up: a region's owner is who may write it while the service reads it."""
+    _TRUSTED_UIDS.clear()
+    _TRUSTED_UIDS.update(int(u) for u in uids)
+
+
+def trusted_region_owners() -> set[int]:
+    return {os.geteuid(), *_TRUSTED_UIDS}
+
+
 class SharedRegion:
     """A named shared-memory region mapped into this process."""
 
     def __init__(self, path: Path, size: int, create: bool) -> None:
         self.path = path
         self.name = path.name
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            if create:
-                os.ftruncate(fd, size)
-            else:
-                size = os.fstat(fd).st_size
-            self.size = size
-            self._map = mmap.mmap(fd, size) if size else None
+            os.ftruncate(fd, size)
+            self._map_fd(fd, size, writable=True)
         finally:
             os.close(fd)
         self._owner = create
+
+    def _map_fd(self, fd: int, size: int, writable: bool) -> None:
+        self.size = size
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        self._map: mmap.mmap | None = mmap.mmap(fd, size, prot=prot) if size else None
 
     @classmethod
     def create(cls, size: int, shm_dir: Path = Path("/dev/shm"), prefix: str = "modelyard") -> SharedRegion:
         return cls(shm_dir / f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}", size, create=True)
 
     @classmethod
-    def attach(cls, shm_dir: Path, name: str) -> SharedRegion:
+    def attach(
+        cls, shm_dir: Path, name: str, writable: bool = False, span: tuple[int, int] | None = None
+    ) -> SharedRegion:
+        """Open a region a caller created, refusing anything but a regular file directly in `shm_dir` owned by a
+        trusted uid (see `trust_region_owners`). The checks run on the open file (fstat), never on the path
+        beforehand, and links are not followed: /dev/shm is world-writable, so a name there may be a symlink or
+        a hard link to any file. `span` (offset, bytes) must lie within the file; it is checked before mapping."""
         path = region_path(shm_dir, name)
-        if not path.is_file():
-            raise InvalidInput(
-                f"shared-memory region '{name}' not found in {shm_dir}: the caller and the service must share "
-                "that folder (same host, or a tmpfs volume both mount); otherwise send the array inline"
-            )
-        return cls(path, 0, create=False)
+        region = cls.__new__(cls)
+        region.path, region.name, region._owner, region._map, region.size = path, name, False, None, 0
+        fd = _open_region(shm_dir, name, writable)
+        try:
+            size = _check_region(fd, shm_dir, name)
+            if span is not None and (span[0] < 0 or span[0] + span[1] > size):
+                raise InvalidInput(
+                    f"array of {span[1]} bytes at offset {span[0]} overruns region '{name}' ({size} bytes): "
+                    "the array must lie within the region"
+                )
+            region._map_fd(fd, size, writable)
+        finally:
+            os.close(fd)
+        return region
 
     def view(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         count = math.prod(shape)
@@ -128,7 +204,8 @@ def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -
     if kind == "shared":
         dtype = dtype_of(msg.shared.dtype)
         shape = _shape(msg.shared.shape, what)
-        region = SharedRegion.attach(shm_dir, msg.shared.region)
+        nbytes = math.prod(shape) * dtype.itemsize
+        region = SharedRegion.attach(shm_dir, msg.shared.region, span=(int(msg.shared.offset), nbytes))
         try:
             # Zero-copy and read-only: the caller's region stays untouched and is only read while the call lasts
             # (the view keeps the mapping alive; results never alias it because outputs are written out).
@@ -160,7 +237,7 @@ class OutputWriter:
     """Places results in the caller's output region, one after another, 64-byte aligned."""
 
     def __init__(self, msg: types_pb2.OutputRegion, shm_dir: Path) -> None:
-        self._region = SharedRegion.attach(shm_dir, msg.region)
+        self._region = SharedRegion.attach(shm_dir, msg.region, writable=True, span=(int(msg.offset), 0))
         self._cursor = int(msg.offset)
         self._end = min(self._region.size, int(msg.offset) + int(msg.capacity or self._region.size))
 
@@ -183,20 +260,29 @@ class OutputWriter:
 
 
 def decode_image(
-    msg: types_pb2.Image, shm_dir: Path, data_root: Path | None, max_pixels: int, what: str = "image"
+    msg: types_pb2.Image,
+    shm_dir: Path,
+    data_root: Path | None,
+    max_pixels: int,
+    what: str = "image",
+    budget: RequestBudget | None = None,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
 ) -> np.ndarray:
-    """An Image message as an (H,W) or (H,W,C) array with C in 3/4, within the pixel limit."""
+    """An Image message as an (H,W) or (H,W,C) array with C in 3/4, within the pixel limit and the request's
+    budget (charged before anything is decoded)."""
     kind = msg.WhichOneof("source")
     if kind == "array":
         image = tensor_to_numpy(msg.array, shm_dir, what)
+        if budget is not None and image.ndim >= 2:
+            budget.charge(image.shape[0] * image.shape[1], what)
     elif kind in ("encoded", "ref"):
         if kind == "ref":
             if data_root is None:
                 raise InvalidInput(f"{what}: this service has no data volume configured; send the image bytes")
-            data = read_confined(data_root, msg.ref.path)
+            data = read_confined(data_root, msg.ref.path, max_file_bytes)
         else:
             data = msg.encoded
-        image = _decode_bytes(data, max_pixels, what)
+        image = decode_image_bytes(data, max_pixels, what, budget)
     else:
         raise InvalidInput(f"{what}: empty Image; set `encoded` (PNG/JPEG bytes), `array` or `ref`")
     if image.ndim == 3 and image.shape[2] == 1:
@@ -215,24 +301,60 @@ def decode_image(
     return image
 
 
-def _decode_bytes(data: bytes, max_pixels: int, what: str) -> np.ndarray:
+def guard_decoding(max_pixels: int) -> None:
+    """Set PIL's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) from a service's pixel limit, so no decoder
+    PIL runs on open works on more than that. One process-wide setting: the largest limit asked for wins, and each
+    decode also checks its own limit from the header before decoding."""
+    _GUARD["pixels"] = max(_GUARD["pixels"], max_pixels)
+    PILImage.MAX_IMAGE_PIXELS = _GUARD["pixels"]
+
+
+_GUARD = {"pixels": 0}
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
+
+
+@contextlib.contextmanager
+def open_image(
+    data: bytes, max_pixels: int, what: str, budget: RequestBudget | None = None
+) -> Iterator[PILImage.Image]:
+    """Encoded image bytes opened with PIL, once the size its header declares is within `max_pixels` and the
+    request's `budget`; nothing is decoded before that. Whatever goes wrong in the block becomes an InvalidInput
+    that says what to fix (never an object's repr)."""
     if not data:
         raise InvalidInput(f"{what}: no bytes were sent")
     try:
-        with PILImage.open(io.BytesIO(data)) as opened:
-            img: PILImage.Image = opened
+        with PILImage.open(io.BytesIO(data)) as img:
             if img.width * img.height > max_pixels:
                 raise InvalidInput(
                     f"{what}: {img.width}x{img.height} is over this service's limit of {max_pixels} pixels "
                     "(model.max_pixels); downscale or crop it"
                 )
-            if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "1"):
-                img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
-            return np.array(img)
-    except InvalidInput:
+            if budget is not None:
+                budget.charge(img.width * img.height, what)
+            yield img
+    except ModelyardError:
         raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        raise InvalidInput(
+            f"{what}: the image declares more pixels than this service's limit of {max_pixels} (model.max_pixels); "
+            "downscale or crop it"
+        ) from None
+    except PILImage.UnidentifiedImageError:
+        raise InvalidInput(
+            f"{what}: the bytes are not a decodable image: they begin with {data[:8]!r}, which no format this "
+            "service reads (PNG, JPEG, TIFF, BMP, WebP, ...) starts with"
+        ) from None
     except Exception as exc:
-        raise InvalidInput(f"{what}: the bytes are not a decodable image (PNG, JPEG, TIFF, ...): {exc}") from None
+        detail = _OBJECT_REPR.sub("the image", str(exc)) or type(exc).__name__
+        raise InvalidInput(f"{what}: the bytes are not a decodable image: damaged or truncated ({detail})") from None
+
+
+def decode_image_bytes(data: bytes, max_pixels: int, what: str, budget: RequestBudget | None = None) -> np.ndarray:
+    """Encoded image bytes as an array (palette, CMYK and the like as RGB/RGBA), checked as `open_image` does."""
+    with open_image(data, max_pixels, what, budget) as img:
+        if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "1"):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+        return np.array(img)
 
 
 def check_box(box: np.ndarray, height: int, width: int, where: str) -> None:

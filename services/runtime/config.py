@@ -86,6 +86,12 @@ class RuntimeConfig(Strict):
     warmup: bool = Field(True, description="run a warm-up inference before reporting SERVING")
     drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight calls may finish")
     shared_memory_dir: Path = Field(Path("/dev/shm"), description="where shared-memory regions live")
+    shared_memory_uids: tuple[int, ...] = Field(
+        (),
+        description="uids besides this service's own whose shared-memory regions it opens (a caller running as "
+        "another user); a region owned by anyone else is refused",
+    )
+    max_file_mb: int = Field(1024, ge=1, description="largest file a data reference may name (an image, a frame)")
     data_root: Path | None = Field(None, description="the data volume that data references are relative to")
 
     @field_validator("device")

@@ -4,7 +4,12 @@
   (frame_2 before frame_10);
 - a video (.mp4 .avi .mov .mkv .webm .m4v), decoded with OpenCV (imported only then), frames as RGB;
 - .npy: an array (T,H,W), (T,H,W,3) or (T,H,W,4), memory-mapped so only the selected frames are read;
-- .npz: the same array under the key `video` (TAPIP3D's input format) or as the file's only array.
+- .npz: the same array under the key `video` (TAPIP3D's input format) or as the file's only array; it is
+  loaded whole, so all its frames count against the request's budget.
+
+Every file is confined to the data volume (a frame that is a symlink out of it is refused, at any depth), must
+be a regular file and is size-checked before it is read; array shapes come from the headers and are checked
+before anything is allocated.
 
 A window (start, count, step) selects frames; more than `limit` selected frames is refused with a message that
 says how to take them in chunks.
@@ -18,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from modelyard.runtime.arrays import _decode_bytes
+from modelyard.runtime.arrays import decode_image_bytes
+from modelyard.runtime.budget import RequestBudget
 from modelyard.runtime.errors import InvalidInput
-from modelyard.runtime.paths import confined
+from modelyard.runtime.npyfiles import ArrayHeader, npy_header, npz_headers
+from modelyard.runtime.paths import DEFAULT_MAX_FILE_BYTES, confined, read_confined
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -62,70 +69,119 @@ def read_frames(
     step: int = 1,
     limit: int = 512,
     max_pixels: int = 50_000_000,
+    budget: RequestBudget | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Frames:
-    """The frames of the sequence at `ref` (relative to `data_root`) selected by start/count/step."""
+    """The frames of the sequence at `ref` (relative to `data_root`) selected by start/count/step, each charged
+    to `budget` before it is decoded."""
     what = f"sequence '{ref}'"
     if data_root is None:
         raise InvalidInput(f"{what}: this service has no data volume configured (runtime.data_root); send images")
     path = confined(data_root, ref)
     if path.is_dir():
-        return _read_folder(path, start, count, step, limit, max_pixels, what)
+        return _read_folder(data_root, ref, path, (start, count, step, limit), max_pixels, budget, max_file_bytes)
     if not path.is_file():  # a FIFO or a device: reading it could block forever
         raise InvalidInput(f"{what}: not a regular file or a folder")
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
-        return _read_video(path, start, count, step, limit, max_pixels, what)
+        return _read_video(path, start, count, step, limit, max_pixels, what, budget)
     if suffix in (".npy", ".npz"):
-        return _read_array(path, start, count, step, limit, max_pixels, what)
+        return _read_array(path, (start, count, step, limit), max_pixels, what, budget, max_file_bytes)
     raise InvalidInput(
         f"{what}: not a frame sequence; give a folder of images, a video ({', '.join(VIDEO_SUFFIXES)}), "
         "a .npy array (T,H,W[,C]) or a .npz with a `video` array"
     )
 
 
-def _read_folder(path: Path, start: int, count: int, step: int, limit: int, max_pixels: int, what: str) -> Frames:
-    files = sorted(
-        (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: _natural_key(p.name),
+def _read_folder(
+    root: Path,
+    ref: str,
+    path: Path,
+    window: tuple[int, int, int, int],
+    max_pixels: int,
+    budget: RequestBudget | None,
+    max_file_bytes: int,
+) -> Frames:
+    what = f"sequence '{ref}'"
+    names = sorted(
+        # (links are kept, to be confined below; folders, FIFOs and the like are not frames)
+        (p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.is_file())),
+        key=_natural_key,
     )
-    if not files:
+    if not names:
         raise InvalidInput(f"{what}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    indices = _window(len(files), start, count, step, limit, what)
-    frames = [_decode_bytes(files[i].read_bytes(), max_pixels, f"{what} frame {i} ({files[i].name})") for i in indices]
-    return Frames(frames, indices, len(files))
+    indices = _window(len(names), *window, what)
+    frames = []
+    for i in indices:
+        # Each frame is confined on its own: the folder being inside the data volume says nothing of its links.
+        data = read_confined(root, f"{ref.rstrip('/')}/{names[i]}", max_file_bytes)
+        frames.append(decode_image_bytes(data, max_pixels, f"{what} frame {i} ({names[i]})", budget))
+    return Frames(frames, indices, len(names))
 
 
-def _read_array(path: Path, start: int, count: int, step: int, limit: int, max_pixels: int, what: str) -> Frames:
+def _array_header(path: Path, max_member_bytes: int, what: str) -> ArrayHeader:
+    if path.suffix.lower() == ".npy":
+        return npy_header(path, what)
+    headers = npz_headers(path, max_member_bytes, what)
+    if ARRAY_KEY in headers:
+        return headers[ARRAY_KEY]
+    if len(headers) == 1:
+        return next(iter(headers.values()))
+    raise InvalidInput(f"{what}: the .npz holds {', '.join(headers) or 'nothing'}; put the frames under `{ARRAY_KEY}`")
+
+
+def _read_array(
+    path: Path,
+    window: tuple[int, int, int, int],
+    max_pixels: int,
+    what: str,
+    budget: RequestBudget | None,
+    max_file_bytes: int,
+) -> Frames:
+    member_limit = max_file_bytes if budget is None else max(max_file_bytes, 8 * budget.max_pixels)
+    header = _array_header(path, member_limit, what)
+    shape = header.shape
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)):
+        raise InvalidInput(f"{what}: array of shape {shape} is not (T,H,W), (T,H,W,3) or (T,H,W,4)")
+    if header.dtype.kind not in "uifb":
+        raise InvalidInput(f"{what}: array of {header.dtype} is not numbers")
+    if shape[1] * shape[2] > max_pixels:
+        raise InvalidInput(
+            f"{what}: {shape[2]}x{shape[1]} frames are over the limit of {max_pixels} pixels (model.max_pixels)"
+        )
+    indices = _window(shape[0], *window, what)
+    whole = path.suffix.lower() == ".npz"  # an .npz member cannot be memory-mapped: it is inflated whole
+    if budget is not None:
+        budget.charge(shape[1] * shape[2] * (shape[0] if whole else len(indices)), what)
     try:
-        if path.suffix.lower() == ".npy":
+        if not whole:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         else:
             with np.load(path, allow_pickle=False) as archive:
-                keys = list(archive.keys())
-                if ARRAY_KEY in keys:
-                    key = ARRAY_KEY
-                elif len(keys) == 1:
-                    key = keys[0]
-                else:
-                    raise InvalidInput(f"{what}: the .npz holds {', '.join(keys)}; put the frames under `{ARRAY_KEY}`")
-                array = archive[key]
-    except InvalidInput:
-        raise
+                array = archive[header.name]
     except Exception as exc:
         raise InvalidInput(f"{what}: cannot be read as a numpy array file: {exc}") from None
-    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3, 4)):
-        raise InvalidInput(f"{what}: array of shape {array.shape} is not (T,H,W), (T,H,W,3) or (T,H,W,4)")
-    if array.shape[1] * array.shape[2] > max_pixels:
-        raise InvalidInput(
-            f"{what}: {array.shape[2]}x{array.shape[1]} frames are over the limit of {max_pixels} pixels"
-        )
-    indices = _window(array.shape[0], start, count, step, limit, what)
-    frames = [np.array(array[i]) for i in indices]
+    if array.shape != shape:
+        raise InvalidInput(f"{what}: changed while it was read; retry once it is complete")
+    frames = []
+    for i in indices:
+        if budget is not None:
+            budget.check()
+        frames.append(np.array(array[i]))
     frames = [f[:, :, 0] if f.ndim == 3 and f.shape[2] == 1 else f for f in frames]
-    return Frames(frames, indices, int(array.shape[0]))
+    return Frames(frames, indices, int(shape[0]))
 
 
-def _read_video(path: Path, start: int, count: int, step: int, limit: int, max_pixels: int, what: str) -> Frames:
+def _read_video(
+    path: Path,
+    start: int,
+    count: int,
+    step: int,
+    limit: int,
+    max_pixels: int,
+    what: str,
+    budget: RequestBudget | None = None,
+) -> Frames:
     try:
         import cv2
     except ImportError:
@@ -157,6 +213,8 @@ def _read_video(path: Path, start: int, count: int, step: int, limit: int, max_p
                     )
                 if len(frames) == limit:
                     _window(max(declared, index + 1), start, count, step, limit, what)  # raises: too many frames
+                if budget is not None:
+                    budget.charge(bgr.shape[0] * bgr.shape[1], f"{what} frame {index}")
                 frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 indices.append(index)
             index += 1

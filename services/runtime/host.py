@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2
 
 from modelyard.runtime import __version__
 from modelyard.runtime.adapter import ModelAdapter, ServiceSpec
-from modelyard.runtime.arrays import SharedRegion
+from modelyard.runtime.arrays import SharedRegion, trust_region_owners
 from modelyard.runtime.config import ServiceConfig
 from modelyard.runtime.devices import device_memory, select_device
 from modelyard.runtime.errors import Cancelled, DeadlineExceeded, FatalModelError, InvalidInput, NotReady
@@ -92,6 +92,7 @@ class ModelHost:
             need = self.spec.adapter.memory_need_mb(self.config.model, self.runtime.max_batch_size)
         self.device = select_device(self.runtime.device, need, self.runtime.memory_fraction, self.spec.name)
         self.metrics.device[0] = self.device
+        trust_region_owners(self.runtime.shared_memory_uids)
         if self.runtime.cpu_threads:
             limit_cpu_threads(self.runtime.cpu_threads)
         adapter = self.spec.adapter(self.config.model, self.device)
@@ -239,8 +240,11 @@ class ModelHost:
         if not request.shared_memory_probe:
             return False
         try:
-            with SharedRegion.attach(self.runtime.shared_memory_dir, request.shared_memory_probe) as region:
-                token = request.shared_memory_token
+            # The same checks as any region (no links, a trusted owner's plain file), so a probe cannot ask
+            # whether some other file starts with a guessed byte string.
+            token = request.shared_memory_token
+            span = (0, len(token))
+            with SharedRegion.attach(self.runtime.shared_memory_dir, request.shared_memory_probe, span=span) as region:
                 data = region.view(0, np.dtype("uint8"), (len(token),)).tobytes()
                 return data == token
         except Exception:

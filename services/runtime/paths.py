@@ -7,6 +7,7 @@ container; every "not found" here says whether that is what happened.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from modelyard.runtime.errors import ConfigError, InvalidInput
@@ -146,13 +147,43 @@ def confined(root: Path, relative: str, must_exist: bool = True) -> Path:
     return target
 
 
-def read_confined(root: Path, relative: str) -> bytes:
-    """The bytes of the regular file a data reference names (see `confined`). Folders, FIFOs and devices are
-    refused rather than read: reading a FIFO would block the call forever."""
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+def open_confined(root: Path, relative: str, max_bytes: int | None = None) -> tuple[int, int]:
+    """An open descriptor and the size of the regular file a data reference names (see `confined`). The checks
+    run on the open file, so a name swapped for a FIFO, a device or a folder after `confined` looked is refused
+    too, never read (reading a FIFO blocks forever). The caller closes the descriptor."""
     path = confined(root, relative)
-    if not path.is_file():
-        raise InvalidInput(f"data reference '{relative}' is not a regular file under the data volume {root}")
     try:
-        return path.read_bytes()
+        # The path is fully resolved, so its last part is no link; O_NONBLOCK lets a FIFO open without blocking.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidInput(f"data reference '{relative}' cannot be opened: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InvalidInput(f"data reference '{relative}' is not a regular file under the data volume {root}")
+    if max_bytes is not None and st.st_size > max_bytes:
+        os.close(fd)
+        raise InvalidInput(
+            f"data reference '{relative}' is {st.st_size} bytes, over this service's limit of {max_bytes} bytes "
+            "per file (runtime.max_file_mb)"
+        )
+    os.set_blocking(fd, True)
+    return fd, int(st.st_size)
+
+
+def read_confined(root: Path, relative: str, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file a data reference names, at most `max_bytes` of them (see `open_confined`)."""
+    fd, size = open_confined(root, relative, max_bytes)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(size + 1)
     except OSError as exc:
         raise InvalidInput(f"data reference '{relative}' cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > size:  # it grew while being read: the size checked is no longer its size
+        raise InvalidInput(f"data reference '{relative}' changed while it was read; retry once it is complete")
+    return data

@@ -47,9 +47,11 @@ def track_request(
     iterations: int = 0,
     output: str | None = None,
     output_without_video: bool = False,
+    overwrite: bool = False,
 ) -> tapip3d_pb2.TrackRequest:
     """A TrackRequest for a data-volume .npz (`sequence`) or arrays (`clip`: video, depths, intrinsics[,
-    extrinsics]); at most one of grid_size, pixel_queries (N,3) and world_queries (N,4)."""
+    extrinsics]); at most one of grid_size, pixel_queries (N,3) and world_queries (N,4). An existing `output`
+    file is refused by the service unless `overwrite`."""
     request = tapip3d_pb2.TrackRequest(
         grid_frame=grid_frame,
         frame=FRAMES[frame],
@@ -72,6 +74,7 @@ def track_request(
         request.world_queries.CopyFrom(numpy_to_tensor(np.asarray(world_queries, np.float32)))
     if output:
         request.output.path = output
+        request.output.overwrite = overwrite
     return request
 
 
@@ -168,6 +171,7 @@ def track_command(args: argparse.Namespace) -> int:
         grid_frame=args.grid_frame,
         frame=args.frame,
         output=args.output,
+        overwrite=args.overwrite,
     )
     client = TAPIP3DClient(args.address)
     try:
@@ -231,6 +235,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     track.add_argument("--grid-frame", type=int, default=0)
     track.add_argument("--frame", choices=sorted(FRAMES), default="world", help="coordinates of the tracks")
     track.add_argument("--output", help="also have the service write a TAPIP3D result .npz here (data volume)")
+    track.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     track.add_argument("--out", help="write tracks, visibility and queries to this local .npz")
     track.add_argument("--render", help="draw the tracks on the last frame into this PNG")
     track.set_defaults(func=track_command)

@@ -94,6 +94,12 @@ class TAPIP3DConfig(Strict):
     max_frames: int = Field(2000, ge=1, description="refuse sequences with more frames")
     max_points: int = Field(4096, ge=1, description="refuse more query points (a 64x64 grid)")
     max_pixels: int = Field(1_500_000, ge=1, description="refuse frames with more pixels (HxW)")
+    max_request_pixels: int = Field(
+        600_000_000,
+        ge=1,
+        description="voxels (frames x H x W) of a request's clip, checked from the .npz headers or the arrays' "
+        "shapes before loading: a minute of 640x480 at 30 fps",
+    )
     default_grid_size: int = Field(32, ge=1, description="queries when a request gives none: a GxG grid at frame 0")
     results_dir: str = Field(
         "tapip3d-results",
@@ -113,6 +119,8 @@ class TAPIP3DConfig(Strict):
             raise ValueError(
                 "backend 'upstream' needs an 'upstream:' section with root (your TAPIP3D checkout) and checkpoint"
             )
+        if self.max_request_pixels < self.max_pixels:
+            raise ValueError(f"max_request_pixels {self.max_request_pixels} is under max_pixels {self.max_pixels}")
         if self.default_grid_size**2 > self.max_points:
             raise ValueError(f"default_grid_size {self.default_grid_size}² is over max_points {self.max_points}")
         return self

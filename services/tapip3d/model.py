@@ -29,7 +29,7 @@ class TrackItem:
 
 
 def limits_of(config: TAPIP3DConfig) -> Limits:
-    return Limits(config.max_frames, config.max_points, config.max_pixels)
+    return Limits(config.max_frames, config.max_points, config.max_pixels, config.max_request_pixels)
 
 
 def make_backend(config: TAPIP3DConfig, device: str) -> Backend:

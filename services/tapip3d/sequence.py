@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.runtime.errors import InvalidInput
+from modelyard.runtime.npyfiles import npz_headers
 from modelyard.tapip3d import geometry
 
 _DEPTH_DTYPES = ("float16", "float32", "float64")
@@ -30,6 +31,11 @@ class Limits:
     max_frames: int
     max_points: int
     max_pixels: int
+    max_voxels: int = 0  # frames x H x W of one clip (model.max_request_pixels); 0 = max_frames x max_pixels
+
+    @property
+    def voxels(self) -> int:
+        return self.max_voxels or self.max_frames * self.max_pixels
 
 
 @dataclass(frozen=True)
@@ -56,21 +62,8 @@ def make_clip(
     limits: Limits,
 ) -> RGBDClip:
     """Check the arrays against each other and the limits; (3,3)/(4,4) cameras are repeated over the frames."""
-    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-        raise InvalidInput(f"video must be (T,H,W,3) uint8 RGB, got shape {video.shape} of {video.dtype}")
+    check_video(tuple(video.shape), video.dtype, limits)
     t_count, height, width = video.shape[:3]
-    if t_count == 0 or height == 0 or width == 0:
-        raise InvalidInput(f"video is empty: shape {video.shape}")
-    if t_count > limits.max_frames:
-        raise InvalidInput(
-            f"the video has {t_count} frames, over this service's limit of {limits.max_frames} (model.max_frames): "
-            "split it into shorter clips"
-        )
-    if height * width > limits.max_pixels:
-        raise InvalidInput(
-            f"frames of {width}x{height} are {height * width} pixels, over this service's limit of "
-            f"{limits.max_pixels} (model.max_pixels): downscale the video, its depths and intrinsics"
-        )
     if depths is None:
         raise InvalidInput(
             "no depths: this service tracks RGB-D video; estimate depth and cameras first (e.g. ViPE or MegaSaM) "
@@ -91,6 +84,30 @@ def make_clip(
         intrinsics=_intrinsics(intrinsics, t_count),
         extrinsics=_extrinsics(extrinsics, t_count),
     )
+
+
+def check_video(shape: tuple[int, ...], dtype: np.dtype, limits: Limits) -> None:
+    """A video's shape and dtype against the limits (from an .npz header, before it is loaded, or an array)."""
+    if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
+        raise InvalidInput(f"video must be (T,H,W,3) uint8 RGB, got shape {shape} of {dtype}")
+    t_count, height, width = shape[:3]
+    if t_count == 0 or height == 0 or width == 0:
+        raise InvalidInput(f"video is empty: shape {shape}")
+    if t_count > limits.max_frames:
+        raise InvalidInput(
+            f"the video has {t_count} frames, over this service's limit of {limits.max_frames} (model.max_frames): "
+            "split it into shorter clips"
+        )
+    if height * width > limits.max_pixels:
+        raise InvalidInput(
+            f"frames of {width}x{height} are {height * width} pixels, over this service's limit of "
+            f"{limits.max_pixels} (model.max_pixels): downscale the video, its depths and intrinsics"
+        )
+    if t_count * height * width > limits.voxels:
+        raise InvalidInput(
+            f"the clip is {t_count} frames of {width}x{height}, {t_count * height * width} voxels, over this "
+            f"service's budget of {limits.voxels} per request (model.max_request_pixels): split it into shorter clips"
+        )
 
 
 def _per_frame(array: np.ndarray, t_count: int, size: int, what: str, hint: str) -> np.ndarray:
@@ -140,8 +157,28 @@ def _extrinsics(e: np.ndarray | None, t_count: int) -> np.ndarray:
     return e
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an input .npz (no pickles), or InvalidInput naming what is wrong with the file."""
+def check_npz(path: Path, limits: Limits) -> None:
+    """Refuse an input .npz from its headers alone, before anything is inflated: its video against the limits,
+    and every array's declared size against what a clip within the budget needs (video, float64 depths,
+    cameras and queries: 12 bytes a voxel at most)."""
+    what = path.name
+    budget = 12 * limits.voxels + 64 * (limits.max_frames + limits.max_points)
+    headers = npz_headers(path, budget, what)
+    if "video" in headers:
+        check_video(headers["video"].shape, headers["video"].dtype, limits)
+    total = sum(h.nbytes for h in headers.values())
+    if total > budget:
+        raise InvalidInput(
+            f"{what}: its arrays declare {total} bytes, more than a clip within this service's budget of "
+            f"{limits.voxels} voxels needs (model.max_request_pixels)"
+        )
+
+
+def read_npz(path: Path, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an input .npz (no pickles), checked against `limits` from their headers before loading,
+    or InvalidInput naming what is wrong with the file."""
+    if limits is not None:
+        check_npz(path, limits)
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
@@ -263,6 +300,10 @@ def grid_queries(clip: RGBDClip, grid_size: int, frame: int, limits: Limits) -> 
 
 
 # -- results ----------------------------------------------------------------------------------------------
+def existing_output(reference: str) -> str:
+    return f"output '{reference}' already exists: choose a new name, or set output.overwrite to replace it"
+
+
 def write_result(
     path: Path,
     clip: RGBDClip,
@@ -271,9 +312,12 @@ def write_result(
     query_points: np.ndarray,
     with_inputs: bool = True,
     extra: dict[str, np.ndarray] | None = None,
+    overwrite: bool = True,
+    reference: str = "",
 ) -> Path:
     """A `.result.npz` with the keys of TAPIP3D's result file, written atomically (temp file + rename) so a
-    reader never sees half a file. Without inputs it leaves out video and depths (then visualize.py cannot open it)."""
+    reader never sees half a file. Without inputs it leaves out video and depths (then visualize.py cannot open it).
+    Without `overwrite`, an existing file is refused (InvalidInput naming `reference`) and left as it was."""
     arrays: dict[str, np.ndarray] = {}
     if with_inputs:
         arrays["depths"] = clip.depths.astype(np.float32, copy=False)
@@ -294,7 +338,13 @@ def write_result(
             for name, array in arrays.items():
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(temporary, path)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)  # atomic, and fails where a file already is (even one made meanwhile)
+            except FileExistsError:
+                raise InvalidInput(existing_output(reference or path.name)) from None
     finally:
         temporary.unlink(missing_ok=True)
     return path

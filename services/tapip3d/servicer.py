@@ -37,7 +37,7 @@ class _Plan:
 
     item: TrackItem
     frame: int
-    output: tuple[Path, str] | None  # (file, the reference as the caller wrote it)
+    output: tuple[Path, str, bool] | None  # (file, the reference as the caller wrote it, overwrite)
     with_video: bool
     output_region: types_pb2.OutputRegion
 
@@ -67,7 +67,7 @@ class TAPIP3DServicer(tapip3d_pb2_grpc.TAPIP3DServicer):
             path = confined(self._data_root("sequence", "send the clip inline"), request.sequence.path)
             if path.suffix != ".npz" or not path.is_file():
                 raise InvalidInput(f"sequence '{request.sequence.path}' must be an .npz file (TAPIP3D's input format)")
-            arrays = sequence.read_npz(path)
+            arrays = sequence.read_npz(path, self.limits)
             return sequence.clip_from_npz(arrays, self.limits), arrays.get("query_point")
         if kind == "clip":
             shm, msg = self.host.runtime.shared_memory_dir, request.clip
@@ -122,7 +122,9 @@ class TAPIP3DServicer(tapip3d_pb2_grpc.TAPIP3DServicer):
             path = confined(self._data_root("output", "leave output unset"), request.output.path, must_exist=False)
             if path.suffix != ".npz" or path.is_dir():
                 raise InvalidInput(f"output '{request.output.path}' must name an .npz file, e.g. clip.result.npz")
-            output = (path, request.output.path)
+            if (path.exists() or path.is_symlink()) and not request.output.overwrite:
+                raise InvalidInput(sequence.existing_output(request.output.path))
+            output = (path, request.output.path, request.output.overwrite)
         clip, from_file = self._clip(request)
         queries, is_grid = self._queries(request, clip, from_file)
         needed = _inline_bytes(clip.num_frames, len(queries))
@@ -153,7 +155,7 @@ class TAPIP3DServicer(tapip3d_pb2_grpc.TAPIP3DServicer):
             backend=self.config.backend,
         )
         if plan.output is not None:
-            self._write(plan, tracks, plan.output[0], extra)
+            self._write(plan, tracks, plan.output[0], extra, plan.output[2], plan.output[1])
             response.result.path = plan.output[1]
         arrays = {
             "tracks": coords.astype(np.float32),
@@ -175,14 +177,24 @@ class TAPIP3DServicer(tapip3d_pb2_grpc.TAPIP3DServicer):
             if plan.output is None:
                 relative = f"{self.config.results_dir}/{uuid.uuid4().hex}.result.npz"
                 root = self._data_root("the result is over the message limit", "pass an output_region")
-                self._write(plan, tracks, confined(root, relative, must_exist=False), extra)
+                self._write(plan, tracks, confined(root, relative, must_exist=False), extra, False, relative)
                 response.result.path = relative
         return response
 
     @staticmethod
-    def _write(plan: _Plan, tracks: Tracks, path: Path, extra: dict[str, np.ndarray]) -> None:
+    def _write(
+        plan: _Plan, tracks: Tracks, path: Path, extra: dict[str, np.ndarray], overwrite: bool, reference: str
+    ) -> None:
         sequence.write_result(
-            path, plan.item.clip, tracks.coords, tracks.visibs, plan.item.queries, plan.with_video, extra
+            path,
+            plan.item.clip,
+            tracks.coords,
+            tracks.visibs,
+            plan.item.queries,
+            plan.with_video,
+            extra,
+            overwrite,
+            reference,
         )
 
     # -- RPCs -----------------------------------------------------------------------------------------

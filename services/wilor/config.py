@@ -59,7 +59,13 @@ class WiLoRConfig(Strict):
     max_hands_limit: int = Field(16, ge=1, le=256, description="the largest max_hands a request may ask for")
     rescale_factor: float = Field(2.0, gt=1, le=10, description="crop enlargement of the hand box (WiLoR demo: 2.0)")
     max_pixels: int = Field(50_000_000, ge=1, description="refuse images with more pixels than this")
-    max_frames: int = Field(512, ge=1, description="images or sequence frames per request")
+    max_frames: int = Field(512, ge=1, description="images or sequence frames per request (the item cap)")
+    max_request_pixels: int = Field(
+        300_000_000,
+        ge=1,
+        description="pixels of all a request's images or frames together (an .npz sequence counts whole), "
+        "checked from headers before decoding",
+    )
 
     @model_validator(mode="after")
     def _backend_section(self) -> WiLoRConfig:
@@ -69,4 +75,6 @@ class WiLoRConfig(Strict):
             )
         if self.max_hands > self.max_hands_limit:
             raise ValueError(f"max_hands {self.max_hands} is over max_hands_limit {self.max_hands_limit}")
+        if self.max_request_pixels < self.max_pixels:
+            raise ValueError(f"max_request_pixels {self.max_request_pixels} is under max_pixels {self.max_pixels}")
         return self

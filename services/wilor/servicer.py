@@ -7,7 +7,8 @@ import math
 import grpc
 import numpy as np
 
-from modelyard.runtime.arrays import check_box, decode_image, numpy_to_tensor
+from modelyard.runtime.arrays import check_box, decode_image, guard_decoding, numpy_to_tensor
+from modelyard.runtime.budget import RequestBudget
 from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.frames import read_frames
@@ -101,16 +102,28 @@ class WiLoRServicer(wilor_pb2_grpc.WiLoRServicer):
     def __init__(self, host: ModelHost) -> None:
         self.host = host
         self.config: WiLoRConfig = host.config.model
+        guard_decoding(self.config.max_pixels)
 
-    def _images(self, request: wilor_pb2.DetectRequest, options: Options) -> tuple[list[Query], list[int], int]:
+    def _images(
+        self, request: wilor_pb2.DetectRequest, options: Options, context: grpc.ServicerContext
+    ) -> tuple[list[Query], list[int], int]:
         runtime = self.host.runtime
         cfg = self.config
+        budget = RequestBudget(cfg.max_frames, cfg.max_request_pixels, context, items_key="model.max_frames")
         if request.images and request.HasField("sequence"):
             raise InvalidInput("send either images or a sequence, not both")
         if request.HasField("sequence"):
             seq = request.sequence
             window = read_frames(
-                runtime.data_root, seq.ref.path, seq.start, seq.count, seq.step or 1, cfg.max_frames, cfg.max_pixels
+                runtime.data_root,
+                seq.ref.path,
+                seq.start,
+                seq.count,
+                seq.step or 1,
+                cfg.max_frames,
+                cfg.max_pixels,
+                budget,
+                runtime.max_file_mb * MIB,
             )
             queries = [
                 Query(to_rgb_uint8(frame, f"sequence frame {index}"), options)
@@ -119,17 +132,13 @@ class WiLoRServicer(wilor_pb2_grpc.WiLoRServicer):
             return queries, window.indices, window.total
         if not request.images:
             raise InvalidInput("the request holds no images: send images (DetectItem) or a sequence (DataRef)")
-        if len(request.images) > cfg.max_frames:
-            raise InvalidInput(
-                f"{len(request.images)} images, over the limit of {cfg.max_frames} per request (model.max_frames); "
-                "split the request"
-            )
+        budget.count(len(request.images), "images")
         queries = []
         for index, item in enumerate(request.images):
             what = f"image {index}"
-            image = to_rgb_uint8(
-                decode_image(item.image, runtime.shared_memory_dir, runtime.data_root, cfg.max_pixels, what), what
-            )
+            shm, root = runtime.shared_memory_dir, runtime.data_root
+            image = decode_image(item.image, shm, root, cfg.max_pixels, what, budget, runtime.max_file_mb * MIB)
+            image = to_rgb_uint8(image, what)
             given = parse_given_hands(list(item.hands), image.shape[0], image.shape[1], cfg.max_hands_limit, what)
             query = Query(image, options)
             if given is not None:
@@ -139,7 +148,7 @@ class WiLoRServicer(wilor_pb2_grpc.WiLoRServicer):
 
     def Detect(self, request: wilor_pb2.DetectRequest, context: grpc.ServicerContext) -> wilor_pb2.DetectResponse:
         options = parse_options(request.options, self.config)
-        queries, indices, total = self._images(request, options)
+        queries, indices, total = self._images(request, options, context)
         results = self.host.run(queries, context)
         adapter = self.host.adapter
         response = wilor_pb2.DetectResponse(

@@ -78,6 +78,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "dangling.png").symlink_to(root / "nowhere.png")
     np.savez(outside / "secret.npz", video=scene.video)
     (root / "clips" / "escape.npz").symlink_to(outside / "secret.npz")  # a folder's member that leads out
+    # frames of a folder that lead out of the volume, or to a FIFO, however deep
+    _png(root / "clips" / "leaky_frames" / "frame_1.png", scene.video[0])
+    (root / "clips" / "leaky_frames" / "frame_2.png").symlink_to(outside / "secret.png")
+    (root / "clips" / "deep" / "er").mkdir(parents=True)
+    (root / "clips" / "deep" / "er" / "frame_1.png").symlink_to(outside / "secret.png")
+    (root / "clips" / "fifo_frames").mkdir()
+    (root / "clips" / "fifo_frames" / "frame_1.png").symlink_to(root / "fifo.png")
+    # bombs: a few KB that declare far more than any limit here
+    np.savez_compressed(root / "bomb.npz", video=np.zeros((1, 3000, 3000, 3), np.uint8))
+    Image.new("L", (6000, 6000)).save(root / "bomb.png")
     # medvqa tables: a good one, and ones whose rows or bytes are wrong
     write_medvqa_inputs(root / "medvqa", count=2, size=64)
     rows = [
@@ -97,14 +107,46 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def regions() -> Iterator[list[str]]:
+def regions(region_target: Path) -> Iterator[list[str]]:
     """Shared-memory regions requests may point into: one with bytes, one of zero bytes."""
     full = SharedRegion.create(1 << 16, SHM, prefix="modelyard-fuzz")
     full.write(0, np.random.default_rng(0).integers(0, 255, 1 << 16, dtype=np.uint8))
     empty = SharedRegion.create(0, SHM, prefix="modelyard-fuzz")
-    yield [full.name, empty.name]
+    yield [full.name, empty.name, *HOSTILE_REGIONS]
     full.close()
     empty.close()
+
+
+# Names in /dev/shm that are not a caller's region: a symlink to a file elsewhere, a symlink to a real region,
+# a FIFO. Every request naming one must be refused, and the linked file never read or written.
+HOSTILE_REGIONS = [f"modelyard-fuzz-{os.getpid()}-{kind}" for kind in ("link-out", "link-in", "fifo")]
+REGION_TARGET = b"a file that is nobody's region\n" * 2048
+
+
+@pytest.fixture(scope="package")
+def region_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The file the hostile regions link to (checked unchanged after every fuzz test that drew them)."""
+    target = tmp_path_factory.mktemp("region-target") / "precious.bin"
+    target.write_bytes(REGION_TARGET)
+    real = SharedRegion.create(1 << 16, SHM, prefix="modelyard-fuzz")
+    link_out, link_in, fifo = (SHM / name for name in HOSTILE_REGIONS)
+    link_out.symlink_to(target)
+    link_in.symlink_to(real.path)
+    os.mkfifo(fifo)
+    yield target
+    for path in (link_out, link_in, fifo):
+        path.unlink(missing_ok=True)
+    real.close()
+
+
+@pytest.fixture(autouse=True)
+def _hostile_regions_stay_inert(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "regions" not in request.fixturenames:
+        yield
+        return
+    target = request.getfixturevalue("region_target")
+    yield
+    assert target.read_bytes() == REGION_TARGET, "a request wrote through a symlinked shared-memory region"
 
 
 def _service(name: str, folder: Path, model: dict, runtime: dict, python: str | None = None) -> Iterator[Target]:
@@ -132,6 +174,8 @@ def medsam(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterato
         "architecture": TINY.model_dump(mode="json"),
         "max_pixels": 20_000,
         "max_boxes_per_image": 4,
+        "max_items_per_request": 4,
+        "max_request_pixels": 40_000,
     }
     yield from _service("medsam", folder, model, {"data_root": str(data_root), "max_batch_size": 4})
 

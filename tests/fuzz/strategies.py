@@ -268,6 +268,8 @@ ODD_REFS = [
     "pickled.npz", "x" * 300, "images/" + "y" * 300 + ".png", "a\x00b.png", "~/x.png", "C:\\x.png", "\\\\host\\x",
     "images//grey.png", "./images/grey.png", "images/grey.png/", "images/grey.png/x", " images/grey.png",
     "images/grey.png\n", "%2e%2e/escape.png", "ü.png", "notes.txt/x.npz",
+    "clips/leaky_frames", "clips/leaky_frames/frame_2.png", "clips/deep", "clips/deep/er", "clips/fifo_frames",
+    "bomb.npz", "bomb.png",
 ]  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -90,3 +91,35 @@ def test_after_the_fuzz_medsam_still_segments(medsam: Target) -> None:
     request = medsam_pb2.SegmentRequest(items=[grey_item()])
     response = medsam.call(medsam_pb2_grpc.MedSAMStub(medsam.channel).Segment, request)
     assert tuple(response.results[0].masks.inline.shape) == (1, 32, 40)
+
+
+@given(count=st.integers(5, 400))
+@fuzz(10)
+def test_more_items_than_the_cap_are_refused_before_any_is_prepared(medsam: Target, count: int) -> None:
+    answer = medsam.call(
+        medsam_pb2_grpc.MedSAMStub(medsam.channel).Segment, medsam_pb2.SegmentRequest(items=[grey_item()] * count)
+    )
+    assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{count} items in one request, over the limit of 4" in answer.details()
+    assert "model.max_items_per_request" in answer.details()
+
+
+def test_items_past_the_request_pixel_budget_are_refused_naming_it(medsam: Target) -> None:
+    # three arrays of 20 000 pixels each: within the item cap (4) and max_pixels, over the 40 000-pixel budget
+    array = types_pb2.Image(array=fz.inline(np.zeros((100, 200), np.uint8)))
+    item = medsam_pb2.SegmentItem(image=array, boxes=[types_pb2.BoxXYXY(x1=4, y1=4, x2=30, y2=20)])
+    answer = medsam.call(
+        medsam_pb2_grpc.MedSAMStub(medsam.channel).Segment, medsam_pb2.SegmentRequest(items=[item] * 3)
+    )
+    assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "item 2: the request's items add up to over 40000 pixels" in answer.details()
+    assert "model.max_request_pixels" in answer.details()
+
+
+@pytest.mark.parametrize("ref", ["bomb.png", "link_outside.png", "fifo.png"])
+def test_an_image_reference_to_a_bomb_a_link_out_or_a_fifo_is_refused(medsam: Target, ref: str) -> None:
+    item = medsam_pb2.SegmentItem(
+        image=types_pb2.Image(ref=types_pb2.DataRef(path=ref)), boxes=[types_pb2.BoxXYXY(x1=4, y1=4, x2=30, y2=20)]
+    )
+    answer = medsam.call(medsam_pb2_grpc.MedSAMStub(medsam.channel).Segment, medsam_pb2.SegmentRequest(items=[item]))
+    assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from modelyard.runtime.arrays import tensor_to_numpy
 from modelyard.v1 import echo_pb2, echo_pb2_grpc, types_pb2
 from tests.fuzz import strategies as fz
-from tests.fuzz.conftest import SHM
+from tests.fuzz.conftest import HOSTILE_REGIONS, REGION_TARGET, SHM
 from tests.fuzz.support import Target, fuzz
 
 GOOD_ARRAYS = fz.arrays(st.lists(st.integers(0, 6), max_size=4).map(tuple))
@@ -46,3 +47,20 @@ def test_info_answers_any_shared_memory_probe_cleanly(echo: Target, regions: lis
     request = types_pb2.InfoRequest(shared_memory_probe=probe, shared_memory_token=token)
     info = echo.call(echo_pb2_grpc.EchoStub(echo.channel).Info, request)
     assert not isinstance(info, grpc.RpcError) and not info.shared_memory_ok  # none of these is the caller's region
+
+
+@pytest.mark.parametrize("index", range(len(HOSTILE_REGIONS)))
+def test_a_region_that_is_a_link_or_a_fifo_is_refused_as_input_output_and_probe(
+    echo: Target, regions: list[str], index: int
+) -> None:
+    name = HOSTILE_REGIONS[index]
+    stub = echo_pb2_grpc.EchoStub(echo.channel)
+    shared = types_pb2.Tensor(shared=types_pb2.SharedArray(region=name, dtype="uint8", shape=[16]))
+    as_output = echo_pb2.EchoRequest(array=fz.inline(np.arange(16, dtype=np.uint8)))
+    as_output.output_region.region = name
+    for request in (echo_pb2.EchoRequest(array=shared), as_output):
+        answer = echo.call(stub.Echo, request)
+        assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "symbolic link" in answer.details() or "not a regular file" in answer.details()
+    probe = types_pb2.InfoRequest(shared_memory_probe=name, shared_memory_token=REGION_TARGET[:16])
+    assert not echo.call(stub.Info, probe).shared_memory_ok

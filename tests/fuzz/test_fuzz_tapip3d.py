@@ -125,3 +125,9 @@ def test_info_answers_any_probe_cleanly(tapip3d: Target, probe: str, token: byte
 def test_after_the_fuzz_tapip3d_still_tracks(tapip3d: Target) -> None:
     response = tapip3d.call(stub(tapip3d).Track, pb.TrackRequest(sequence=types_pb2.DataRef(path="clips/clip.npz")))
     assert not isinstance(response, grpc.RpcError) and response.num_frames == 6
+
+
+def test_an_npz_bomb_is_refused_from_its_header(tapip3d: Target) -> None:
+    answer = tapip3d.call(stub(tapip3d).Track, pb.TrackRequest(sequence=types_pb2.DataRef(path="bomb.npz")))
+    assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "3000x3000 are 9000000 pixels, over this service's limit of 4000" in answer.details()

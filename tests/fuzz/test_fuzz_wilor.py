@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -81,3 +82,19 @@ def test_after_the_fuzz_wilor_still_detects(wilor: Target) -> None:
     request = wilor_pb2.DetectRequest(sequence=wilor_pb2.FrameSequence(ref=types_pb2.DataRef(path="clips/frames")))
     response = wilor.call(stub(wilor).Detect, request)
     assert not isinstance(response, grpc.RpcError) and len(response.results) == 3
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("clips/leaky_frames", "escapes the data volume"),
+        ("clips/deep/er", "escapes the data volume"),
+        ("clips/fifo_frames", "not a regular file"),
+        ("bomb.npz", "3000x3000 frames are over the limit of 20000 pixels"),
+    ],
+)
+def test_a_sequence_with_frames_out_a_fifo_or_a_bomb_is_refused(wilor: Target, ref: str, message: str) -> None:
+    request = wilor_pb2.DetectRequest(sequence=wilor_pb2.FrameSequence(ref=types_pb2.DataRef(path=ref)))
+    answer = wilor.call(stub(wilor).Detect, request)
+    assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in answer.details()

@@ -389,3 +389,35 @@ def test_bad_input_is_invalid_argument_with_what_to_fix_and_the_service_stays_up
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.details()
     assert serving(service) == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- no escape through shared memory ------------------------------------------------------------------------
+def test_a_heatmap_output_region_that_is_a_symlink_is_refused_and_its_target_left_untouched(stub, shm_symlink) -> None:
+    name, target = shm_symlink
+    before = target.read_bytes()
+    request = biomedclip_pb2.HeatmapRequest(
+        items=[prompted(sample(0), "a bright square")], output_region=types_pb2.OutputRegion(region=name)
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Heatmap(request, timeout=120)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is a symbolic link" in err.value.details()
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("rpc", ["EmbedImages", "Classify", "Heatmap", "Localize"])
+def test_an_input_region_that_is_a_symlink_is_not_read_by_any_rpc(stub, shm_symlink, rpc: str) -> None:
+    name, _ = shm_symlink
+    linked = types_pb2.Image(
+        array=types_pb2.Tensor(shared=types_pb2.SharedArray(region=name, dtype="uint8", shape=[32, 32]))
+    )
+    requests = {
+        "EmbedImages": biomedclip_pb2.EmbedImagesRequest(images=[linked]),
+        "Classify": biomedclip_pb2.ClassifyRequest(images=[linked], labels=["a", "b"]),
+        "Heatmap": biomedclip_pb2.HeatmapRequest(items=[biomedclip_pb2.PromptedImage(image=linked, prompt="x")]),
+        "Localize": biomedclip_pb2.LocalizeRequest(items=[biomedclip_pb2.PromptedImage(image=linked, prompt="x")]),
+    }
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, rpc)(requests[rpc], timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is a symbolic link" in err.value.details()

@@ -259,3 +259,62 @@ def test_a_missing_checkpoint_stops_the_service_with_the_path_in_its_log(tmp_pat
     assert service.process.wait(120) == 2
     log = (tmp_path / "log").read_text()
     assert str(tmp_path / "models" / "medsam_vit_b.pth") in log and "resolved against the config file's folder" in log
+
+
+# -- no escape through shared memory; a request costs what it weighs ---------------------------------------
+def test_an_output_region_that_is_a_symlink_is_refused_and_its_target_left_untouched(stub, shm_symlink) -> None:
+    name, target = shm_symlink
+    before = target.read_bytes()
+    request = medsam_pb2.SegmentRequest(
+        items=[medsam_pb2.SegmentItem(image=types_pb2.Image(encoded=png(sample(0))), boxes=[box(10, 15, 60, 65)])],
+        output_region=types_pb2.OutputRegion(region=name),
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Segment(request, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is a symbolic link" in err.value.details()
+    assert target.read_bytes() == before
+
+
+def test_an_input_region_that_is_a_symlink_is_not_read(stub, shm_symlink) -> None:
+    name, _ = shm_symlink
+    array = types_pb2.Tensor(shared=types_pb2.SharedArray(region=name, dtype="uint8", shape=[32, 32]))
+    request = medsam_pb2.SegmentRequest(
+        items=[medsam_pb2.SegmentItem(image=types_pb2.Image(array=array), boxes=[box(1, 1, 20, 20)])]
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Segment(request, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is a symbolic link" in err.value.details()
+
+
+def test_the_info_probe_cannot_tell_whether_a_linked_file_starts_with_a_guess(stub, shm_symlink) -> None:
+    name, target = shm_symlink
+    probe = types_pb2.InfoRequest(shared_memory_probe=name, shared_memory_token=target.read_bytes()[:16])
+    assert stub.Info(probe, timeout=30).shared_memory_ok is False
+
+
+def test_4000_small_images_in_one_request_are_refused_at_once_naming_the_limit(stub) -> None:
+    # 3.5 MB on the wire, but 4000 prepared items at image_size² each: refused before any is decoded
+    item = medsam_pb2.SegmentItem(
+        image=types_pb2.Image(encoded=png(np.full((16, 16), 100, np.uint8))), boxes=[box(1, 1, 10, 10)]
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Segment(medsam_pb2.SegmentRequest(items=[item] * 4000), timeout=15)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "4000 items in one request, over the limit of 32" in err.value.details()
+    assert "model.max_items_per_request" in err.value.details()
+
+
+def test_images_adding_up_past_the_request_pixel_budget_are_refused(tmp_path: Path, tiny_model_section) -> None:
+    model = {**tiny_model_section, "max_pixels": 10_000, "max_request_pixels": 20_000}
+    config = write_config(tmp_path, model, {"warmup": False}, "medsam.yaml")
+    item = medsam_pb2.SegmentItem(image=types_pb2.Image(encoded=png(sample(0))), boxes=[box(10, 15, 60, 65)])
+    with LocalService("medsam", config, log_path=tmp_path / "medsam.log") as service:
+        small = medsam_pb2_grpc.MedSAMStub(grpc.insecure_channel(service.address))
+        assert len(small.Segment(medsam_pb2.SegmentRequest(items=[item] * 2), timeout=60).results) == 2
+        with pytest.raises(grpc.RpcError) as err:
+            small.Segment(medsam_pb2.SegmentRequest(items=[item] * 3), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "item 2: the request's items add up to over 20000 pixels" in err.value.details()
+    assert "model.max_request_pixels" in err.value.details()

@@ -335,3 +335,44 @@ def test_the_upstream_backend_without_cuda_stops_the_service_with_one_clear_erro
     assert service.process is not None and service.process.wait(120) == 2
     log = (tmp_path / "log").read_text()
     assert "needs CUDA" in log and "backend: lift2d" in log
+
+
+# -- no escape through shared memory; outputs never overwrite by surprise ----------------------------------
+def test_a_video_region_that_is_a_symlink_is_refused_and_nothing_is_written(
+    stub, data_root: Path, scene: synthetic.Scene, shm_symlink
+) -> None:
+    name, _ = shm_symlink
+    clip = clip_message(scene)
+    t, h, w = scene.video.shape[:3]
+    clip.video.CopyFrom(types_pb2.Tensor(shared=types_pb2.SharedArray(region=name, dtype="uint8", shape=[t, h, w, 3])))
+    request = tapip3d_pb2.TrackRequest(clip=clip, grid_size=4, output=types_pb2.DataRef(path="stolen.result.npz"))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Track(request, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is a symbolic link" in err.value.details()
+    assert not (data_root / "stolen.result.npz").exists()
+
+
+def test_an_existing_output_file_is_kept_unless_the_request_says_overwrite(stub, data_root: Path) -> None:
+    existing = data_root / "clips" / "keep.result.npz"
+    existing.write_bytes(b"an input clip someone named as output by mistake")
+    request = track_request(sequence="clips/clip.npz", grid_size=4, output="clips/keep.result.npz")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Track(request, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'clips/keep.result.npz' already exists" in err.value.details()
+    assert "output.overwrite" in err.value.details()
+    assert existing.read_bytes() == b"an input clip someone named as output by mistake"
+    overwrite = track_request(sequence="clips/clip.npz", grid_size=4, output="clips/keep.result.npz", overwrite=True)
+    assert stub.Track(overwrite, timeout=60).result.path == "clips/keep.result.npz"
+    with np.load(existing) as data:
+        assert data["coords"].shape == (16, 16, 3)
+
+
+def test_an_npz_bomb_on_the_data_volume_is_refused_from_its_header(stub, data_root: Path) -> None:
+    # 1.1 MB compressed, a 1.2 GB video declared: refused before it is inflated
+    np.savez_compressed(data_root / "bomb.npz", video=np.zeros((1, 20000, 20000, 3), np.uint8))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Track(track_request(sequence="bomb.npz"), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "20000x20000 are 400000000 pixels, over this service's limit of 20000" in err.value.details()

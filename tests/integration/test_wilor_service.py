@@ -281,3 +281,41 @@ def test_the_command_writes_the_hands_as_json_and_draws_them(service: LocalServi
     assert sequence.returncode == 0, sequence.stderr
     clip = json.loads((tmp_path / "clip.json").read_text())
     assert [len(i["hands"]) for i in clip["images"]] == [1, 1] and "keypoints_3d" in clip["filled_fields"]
+
+
+# -- no escape through shared memory or data references ----------------------------------------------------
+def test_an_image_region_that_is_a_symlink_is_not_read(client: WiLoRClient, shm_symlink) -> None:
+    name, _ = shm_symlink
+    linked = types_pb2.Image(
+        array=types_pb2.Tensor(shared=types_pb2.SharedArray(region=name, dtype="uint8", shape=[32, 32, 3]))
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        client.call(wilor_pb2.DetectRequest(images=[_item(linked)]))
+    assert err.value.code() == INVALID
+    assert "is a symbolic link" in err.value.details()
+
+
+def test_a_folder_frame_that_links_out_of_the_data_volume_is_not_read(
+    client: WiLoRClient, data_root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(outside)
+    folder = data_root / "leaky"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(folder / "frame_1.png")
+    (folder / "frame_2.png").symlink_to(outside)
+    sequence = wilor_pb2.FrameSequence(ref=types_pb2.DataRef(path="leaky"))
+    with pytest.raises(grpc.RpcError) as err:
+        client.call(wilor_pb2.DetectRequest(sequence=sequence))
+    assert err.value.code() == INVALID
+    assert "'leaky/frame_2.png' escapes the data volume" in err.value.details()
+
+
+def test_an_npz_bomb_sequence_is_refused_from_its_header(client: WiLoRClient, data_root: Path) -> None:
+    # 1.1 MB compressed, a 1.2 GB video declared: refused before it is inflated
+    np.savez_compressed(data_root / "bomb.npz", video=np.zeros((1, 20000, 20000, 3), np.uint8))
+    sequence = wilor_pb2.FrameSequence(ref=types_pb2.DataRef(path="bomb.npz"))
+    with pytest.raises(grpc.RpcError) as err:
+        client.call(wilor_pb2.DetectRequest(sequence=sequence))
+    assert err.value.code() == INVALID
+    assert "20000x20000 frames are over the limit of 50000000 pixels" in err.value.details()

@@ -46,10 +46,12 @@ class OutputRegion(_message.Message):
     def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class DataRef(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "overwrite")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    overwrite: bool
+    def __init__(self, path: _Optional[str] = ..., overwrite: bool = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("encoded", "array", "ref")
