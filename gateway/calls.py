@@ -26,8 +26,8 @@ from pydantic import Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 from tenacity.stop import stop_base
 
-from modelyard.runtime.auth import bearer_metadata, read_token
-from modelyard.runtime.client import RECONNECT_OPTIONS, REQUEST_ID
+from modelyard.runtime.auth import bearer_metadata
+from modelyard.runtime.client import RECONNECT_OPTIONS, REQUEST_ID, token_from
 from modelyard.runtime.config import ExistingFile, Strict
 from modelyard.runtime.devices import MIB
 
@@ -65,7 +65,9 @@ class EndpointConfig(Strict):
     connect_timeout_s: float = Field(
         5.0, gt=0, description="with several addresses: how long an attempt waits for its replica to connect"
     )
-    token_file: ExistingFile | None = Field(None, description="send `authorization: Bearer <token>` to the service")
+    token_file: ExistingFile | None = Field(
+        None, description="send `authorization: Bearer <token>` to the service (default: $MODELYARD_SERVICE_TOKEN_FILE)"
+    )
     max_in_flight: int = Field(4, ge=1, description="concurrent calls to this service from the gateway")
     max_message_mb: int = Field(64, ge=1)
 
@@ -121,7 +123,8 @@ class ServiceClient:
         ]
         self._channels = [grpc.insecure_channel(address, options=options) for address in config.addresses]
         self._stubs = [stub_class(channel) for channel in self._channels]
-        self._token = read_token(config.token_file) if config.token_file else None
+        # The service's own token file, else $MODELYARD_SERVICE_TOKEN_FILE (one secret mounted for every service).
+        self._token = token_from(str(config.token_file) if config.token_file else None)
         # Connectivity of each replica's channel, kept current by gRPC (used only with several replicas).
         self._states = [grpc.ChannelConnectivity.IDLE] * len(self._channels)
         self._watchers: list[Callable[[grpc.ChannelConnectivity], None]] = []
