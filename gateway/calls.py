@@ -182,20 +182,20 @@ class ServiceClient:
         return update
 
     def _replica(self, turn: int) -> int:
-        """The replica for this attempt: the one in turn when it is connected, else the next connected one; when
-        none is, the one in turn once it connects within connect_timeout_s (else NotConnected, retried)."""
+        """The replica for this attempt: the one in turn, or the next one whose connection is not failing (gRPC
+        keeps reconnecting failing ones in the background); one that is not connected yet gets connect_timeout_s
+        to connect (else NotConnected, retried on the next)."""
         count = len(self._channels)
         if count == 1:
             return 0  # the call itself waits for the connection (wait_for_ready), within its deadline
         order = [(turn + offset) % count for offset in range(count)]
-        for index in order:
-            if self._states[index] == grpc.ChannelConnectivity.READY:
-                return index
-        index = order[0]
-        try:
-            grpc.channel_ready_future(self._channels[index]).result(timeout=self.config.connect_timeout_s)
-        except grpc.FutureTimeoutError:
-            raise NotConnected(self.config.addresses[index], self.config.connect_timeout_s) from None
+        usable = [i for i in order if self._states[i] != grpc.ChannelConnectivity.TRANSIENT_FAILURE]
+        index = (usable or order)[0]
+        if self._states[index] != grpc.ChannelConnectivity.READY:
+            try:  # also asks an idle channel to connect
+                grpc.channel_ready_future(self._channels[index]).result(timeout=self.config.connect_timeout_s)
+            except grpc.FutureTimeoutError:
+                raise NotConnected(self.config.addresses[index], self.config.connect_timeout_s) from None
         return index
 
     def _retrying(self, rpc: str, request_id: str, exc: BaseException | None) -> None:

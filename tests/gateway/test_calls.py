@@ -169,3 +169,27 @@ def test_a_token_file_sends_the_bearer_token_on_every_attempt(tmp_path: Path, fl
     (tmp_path / "token").write_text("s3cret\n")
     assert client(address, token_file=str(tmp_path / "token")).call("Echo", echo_pb2.EchoRequest()) is not None
     assert servicer.authorizations == ["Bearer s3cret"] * 3  # two refused attempts, then the answer
+
+
+def test_a_replica_that_comes_back_gets_calls_again() -> None:
+    returning, live = Flaky(grpc.StatusCode.UNAVAILABLE, 0), Flaky(grpc.StatusCode.UNAVAILABLE, 0)
+    port = free_port()
+    server, address = serve(live)
+    echo = client(f"127.0.0.1:{port}", address, connect_timeout_s=0.5)
+    back = grpc.server(ThreadPoolExecutor(4))
+    echo_pb2_grpc.add_EchoServicer_to_server(returning, back)
+    try:
+        for _ in range(4):
+            assert echo.call("Echo", echo_pb2.EchoRequest()) is not None  # the live one answers meanwhile
+        assert returning.request_ids == [] and len(live.request_ids) == 4
+        assert back.add_insecure_port(f"127.0.0.1:{port}") == port
+        back.start()
+        deadline = time.monotonic() + 30
+        while not returning.request_ids and time.monotonic() < deadline:
+            echo.call("Echo", echo_pb2.EchoRequest())
+            time.sleep(0.05)
+        assert returning.request_ids, "the replica that came back never got a call"
+    finally:
+        echo.close()
+        server.stop(0)
+        back.stop(0)

@@ -3,10 +3,12 @@ answer only the gateway (the stack's token)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from modelyard.gateway.client import GatewayClient
 from modelyard.gateway.local import TOKEN_FILE, Process, down, read_state, up
 from modelyard.gateway.samples import write_medvqa_inputs
+from modelyard.gateway.supervisor import Backoff, Program, Supervisor
 from modelyard.medsam.client import MedSAMClient
 from modelyard.runtime.client import token_from
 from tests.conftest import write_config
@@ -99,3 +102,26 @@ def test_down_stops_the_supervisor_and_everything_it_ran(tmp_path: Path, tiny_mo
         with pytest.raises(ProcessLookupError):
             os.kill(p.pid, 0)
     assert read_state(tmp_path / "state") == {} and not (tmp_path / "state" / TOKEN_FILE).exists()
+
+
+def test_a_program_that_keeps_failing_is_restarted_with_growing_delays_but_a_configuration_error_is_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def program(name: str, code: int) -> Program:
+        return Program(name, [sys.executable, "-c", f"raise SystemExit({code})"], "", str(tmp_path / f"{name}.log"))
+
+    supervisor = Supervisor(tmp_path, [program("crashing", 1), program("misconfigured", 2)], Backoff(0.2, 0.8))
+    stop = threading.Event()
+    runner = threading.Thread(target=supervisor.run, args=(stop, 0.05))
+    with caplog.at_level(logging.INFO, logger="modelyard.supervisor"):
+        runner.start()
+        _wait_for(lambda: read_state(tmp_path).get("crashing", None) is not None, 30, "a state file")
+        _wait_for(lambda: read_state(tmp_path)["crashing"].restarts >= 4, 60, "four restarts")
+        stop.set()
+        runner.join(60)
+    delays = [r.fields["restart_in_s"] for r in caplog.records if r.getMessage() == "exited; restarting"]
+    assert delays[:4] == [0.2, 0.4, 0.8, 0.8]  # doubling up to the cap
+    state = read_state(tmp_path)
+    assert state["crashing"].last_exit == 1
+    assert state["misconfigured"].restarts == 0 and state["misconfigured"].last_exit == 2
+    assert all(p.state == "stopped" for p in state.values())
