@@ -128,6 +128,9 @@ def up(
             _wait(program.name, state_dir, deadline)
     except BaseException:
         down(state_dir)
+        if supervisor.poll() is None:  # it never wrote its state: stop it here
+            supervisor.terminate()
+            supervisor.wait(60)
         raise
     return read_state(state_dir)
 
