@@ -1,9 +1,14 @@
 """Calls from the gateway to model services: deadlines, retries, replica failover, one request id.
 
 Retries (tenacity) only for codes that can succeed later: UNAVAILABLE (restarting, draining), DEADLINE_EXCEEDED,
-RESOURCE_EXHAUSTED (queue full, out of memory), ABORTED. Exponential backoff with jitter, bounded by attempts
-and total time; each attempt has its own deadline and goes to the next replica; every attempt carries the same
-x-request-id. INVALID_ARGUMENT and other codes fail at once: the item fails with the service's message.
+RESOURCE_EXHAUSTED (queue full, out of memory), ABORTED. Exponential backoff with jitter, bounded by total time
+(`max_total_s`; `max_attempts` only when set); each attempt has its own deadline and goes to the next replica;
+every attempt carries the same x-request-id. INVALID_ARGUMENT and other codes fail at once: the item fails with the
+service's message.
+
+A service that is down (killed, restarting) is waited for within each attempt's deadline (`wait_for_ready`) rather
+than failed fast, and the channels reconnect within a second of its return (RECONNECT_OPTIONS). With several
+replicas an attempt goes to a connected one, and waits at most `connect_timeout_s` for one that is not.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from typing import Any
 import grpc
 from pydantic import Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
+from tenacity.stop import stop_base
 
-from modelyard.runtime.client import REQUEST_ID
-from modelyard.runtime.config import Strict
+from modelyard.runtime.auth import bearer_metadata
+from modelyard.runtime.client import RECONNECT_OPTIONS, REQUEST_ID, token_from
+from modelyard.runtime.config import ExistingFile, Strict
 from modelyard.runtime.devices import MIB
 
 log = logging.getLogger("modelyard.gateway")
@@ -34,19 +41,49 @@ RETRYABLE = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
+# Pings notice a peer that vanished without closing its connections (a frozen or unplugged container) in
+# ~30 s instead of the attempt's deadline; the services accept them (runtime.server.KEEPALIVE_POLICY).
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 class EndpointConfig(Strict):
     """How the gateway reaches one service. `addresses`: host:port replicas, or one `dns:///name:port`."""
 
     addresses: list[str] = Field(min_length=1)
-    attempt_timeout_s: float = Field(300.0, gt=0, description="deadline of each attempt")
-    max_attempts: int = Field(10, ge=1, description="a model restart (reloading weights) may take a minute")
-    max_total_s: float = Field(900.0, gt=0, description="give up retrying after this long")
+    attempt_timeout_s: float = Field(
+        300.0, gt=0, description="deadline of each attempt, waiting for a service that is down included"
+    )
+    max_attempts: int | None = Field(None, ge=1, description="optional cap on attempts; max_total_s bounds retries")
+    max_total_s: float = Field(900.0, gt=0, description="give up retrying after this long (a restart reloads weights)")
     backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_max_s: float = Field(20.0, gt=0)
+    backoff_max_s: float = Field(5.0, gt=0, description="longest pause between attempts (jittered)")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="with several addresses: how long an attempt waits for its replica to connect"
+    )
+    token_file: ExistingFile | None = Field(
+        None, description="send `authorization: Bearer <token>` to the service (default: $MODELYARD_SERVICE_TOKEN_FILE)"
+    )
     max_in_flight: int = Field(4, ge=1, description="concurrent calls to this service from the gateway")
     max_message_mb: int = Field(64, ge=1)
+
+
+class NotConnected(grpc.RpcError):
+    """An attempt that found its replica unconnected (several replicas): retried on the next one."""
+
+    def __init__(self, address: str, waited_s: float) -> None:
+        super().__init__(f"{address}: not connected after {waited_s:.1f}s")
+        self._details = f"{address}: not connected after {waited_s:.1f}s"
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
 
 
 class CallFailed(Exception):
@@ -81,9 +118,21 @@ class ServiceClient:
             ("grpc.max_send_message_length", config.max_message_mb * MIB),
             ("grpc.max_receive_message_length", config.max_message_mb * MIB),
             ("grpc.lb_policy_name", "round_robin"),  # spreads over every address a DNS name resolves to
+            *RECONNECT_OPTIONS,
+            *KEEPALIVE_OPTIONS,
         ]
         self._channels = [grpc.insecure_channel(address, options=options) for address in config.addresses]
         self._stubs = [stub_class(channel) for channel in self._channels]
+        # The service's own token file, else $MODELYARD_SERVICE_TOKEN_FILE (one secret mounted for every service).
+        self._token = token_from(str(config.token_file) if config.token_file else None)
+        # Connectivity of each replica's channel, kept current by gRPC (used only with several replicas).
+        self._states = [grpc.ChannelConnectivity.IDLE] * len(self._channels)
+        self._watchers: list[Callable[[grpc.ChannelConnectivity], None]] = []
+        if len(self._channels) > 1:
+            for index, chan in enumerate(self._channels):
+                watcher = self._watch(index)
+                chan.subscribe(watcher, try_to_connect=True)
+                self._watchers.append(watcher)
         self._next = itertools.count()
         self._on_retry = on_retry
         self._on_call = on_call
@@ -92,13 +141,16 @@ class ServiceClient:
     def call(self, rpc: str, request: Any, request_id: str | None = None) -> Any:
         """Call `rpc` until it succeeds or cannot; raises CallFailed."""
         request_id = request_id or uuid.uuid4().hex
-        metadata = ((REQUEST_ID, request_id),)
+        metadata = ((REQUEST_ID, request_id), *bearer_metadata(self._token))
         start = next(self._next)
         cfg = self.config
         attempts = 0
+        stop: stop_base = stop_after_delay(cfg.max_total_s)
+        if cfg.max_attempts is not None:
+            stop = stop | stop_after_attempt(cfg.max_attempts)
         retrying = Retrying(
             retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(cfg.max_attempts) | stop_after_delay(cfg.max_total_s),
+            stop=stop,
             wait=wait_random_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s),
             before_sleep=lambda state: self._retrying(
                 rpc, request_id, state.outcome.exception() if state.outcome else None
@@ -110,9 +162,11 @@ class ServiceClient:
             with self.in_flight:
                 for attempt in retrying:
                     with attempt:
-                        stub = self._stubs[(start + attempts) % len(self._stubs)]  # failover: next replica
                         attempts += 1
-                        response = getattr(stub, rpc)(request, timeout=cfg.attempt_timeout_s, metadata=metadata)
+                        # No attempt outlives max_total_s: it is what bounds the call, waits included.
+                        timeout = min(cfg.attempt_timeout_s, max(cfg.max_total_s - (time.monotonic() - started), 0.1))
+                        stub = self._stubs[self._replica(start + attempts - 1)]  # failover: the next replica
+                        response = getattr(stub, rpc)(request, timeout=timeout, metadata=metadata, wait_for_ready=True)
             if self._on_call:
                 self._on_call(self.name, rpc, time.monotonic() - started, True)
             return response
@@ -120,6 +174,29 @@ class ServiceClient:
             if self._on_call:
                 self._on_call(self.name, rpc, time.monotonic() - started, False)
             raise CallFailed(self.name, exc.code(), exc.details() or "", attempts) from None
+
+    def _watch(self, index: int) -> Callable[[grpc.ChannelConnectivity], None]:
+        def update(state: grpc.ChannelConnectivity) -> None:
+            self._states[index] = state
+
+        return update
+
+    def _replica(self, turn: int) -> int:
+        """The replica for this attempt: the one in turn, or the next one whose connection is not failing (gRPC
+        keeps reconnecting failing ones in the background); one that is not connected yet gets connect_timeout_s
+        to connect (else NotConnected, retried on the next)."""
+        count = len(self._channels)
+        if count == 1:
+            return 0  # the call itself waits for the connection (wait_for_ready), within its deadline
+        order = [(turn + offset) % count for offset in range(count)]
+        usable = [i for i in order if self._states[i] != grpc.ChannelConnectivity.TRANSIENT_FAILURE]
+        index = (usable or order)[0]
+        if self._states[index] != grpc.ChannelConnectivity.READY:
+            try:  # also asks an idle channel to connect
+                grpc.channel_ready_future(self._channels[index]).result(timeout=self.config.connect_timeout_s)
+            except grpc.FutureTimeoutError:
+                raise NotConnected(self.config.addresses[index], self.config.connect_timeout_s) from None
+        return index
 
     def _retrying(self, rpc: str, request_id: str, exc: BaseException | None) -> None:
         if isinstance(exc, grpc.RpcError):
@@ -131,5 +208,7 @@ class ServiceClient:
                 self._on_retry(self.name, exc.code())
 
     def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
+        for chan, watcher in zip(self._channels, self._watchers, strict=False):  # none for one replica
+            chan.unsubscribe(watcher)
+        for chan in self._channels:
+            chan.close()

@@ -1,4 +1,4 @@
-"""Gateway commands: `modelyard up | down | run | jobs | pipelines | gateway serve | plan | doctor`."""
+"""Gateway commands: `modelyard up | status | down | run | jobs | pipelines | gateway serve | plan | doctor`."""
 
 from __future__ import annotations
 
@@ -131,6 +131,30 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    """What the local stack runs: each process's address, health, pid, restarts and last exit."""
+    from modelyard.gateway.local import read_state, supervisor_pid
+    from modelyard.runtime.client import channel, wait_until_serving
+
+    state_dir = Path(args.state_dir)
+    processes = read_state(state_dir)
+    if not processes:
+        print(f"no local stack in {state_dir} (start one with `modelyard up`)")
+        return 1
+    print(f"supervisor pid {supervisor_pid(state_dir)}  log {state_dir / 'logs' / 'supervisor.log'}")
+    healthy = True
+    for p in processes.values():
+        with channel(p.address) as chan:
+            try:
+                wait_until_serving(chan, "", timeout=1.0)
+                health = "SERVING"
+            except TimeoutError:
+                health, healthy = "not serving", False
+        exited = f", last exit {p.last_exit} at {p.last_exit_at}" if p.last_exit is not None else ""
+        print(f"{p.name:10} {p.address:22} {health:11} {p.state:8} pid {p.pid}  restarts {p.restarts}{exited}")
+    return 0 if healthy else 1
+
+
 def _down(args: argparse.Namespace) -> int:
     from modelyard.gateway.local import down
 
@@ -177,6 +201,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     upp.add_argument("--state-dir", default=DEFAULT_STATE)
     upp.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
     upp.set_defaults(func=_up)
+
+    status = sub.add_parser("status", help="the local stack: health, restarts and last exit of each process")
+    status.add_argument("--state-dir", default=DEFAULT_STATE)
+    status.set_defaults(func=_status)
 
     downp = sub.add_parser("down", help="stop what `modelyard up` started")
     downp.add_argument("--state-dir", default=DEFAULT_STATE)

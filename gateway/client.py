@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from modelyard.runtime.auth import bearer_metadata
 from modelyard.runtime.client import channel
 from modelyard.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -17,7 +18,7 @@ class GatewayClient:
         else:
             self.channel = channel(address)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata = bearer_metadata(token)
 
     def run(
         self, pipeline: str, input: str, output: str, options: dict[str, str] | None = None, config_text: str = ""

@@ -1,6 +1,10 @@
 """The embedded default: every service as its own local process, in the environment it needs, plus the gateway.
 
-`modelyard up` starts them detached, waits for health and writes a state file; `modelyard down` stops them.
+`modelyard up` writes the plan and starts the supervisor (modelyard.gateway.supervisor), detached: it runs each
+process and restarts one that exits, with backoff. `up` waits for health; `modelyard status` shows what runs and
+its restarts; `modelyard down` stops the supervisor, which stops the rest. The services require a token only the
+gateway is given (a random one per stack, in the state folder, readable by this user only), so other users of a
+shared machine cannot call them past the gateway.
 """
 
 from __future__ import annotations
@@ -8,20 +12,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from modelyard.gateway.supervisor import PLAN_FILE, STATE_FILE, Program, write_plan
 from modelyard.runtime.client import channel, wait_until_serving
 from modelyard.runtime.launch import free_port
 
-STATE_FILE = "stack.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKEN_FILE = "service.token"
 # Services whose backends pin dependencies the main environment cannot hold run in their own (make setup).
 SERVICE_ENVS = {"wilor": REPO_ROOT / ".venv-wilor" / "bin" / "python"}
 
@@ -37,32 +43,39 @@ class Process:
     pid: int
     address: str
     log: str
+    state: str = "running"  # running | backoff (restarting) | failed (configuration problem) | stopped
+    restarts: int = 0
+    last_exit: int | None = None
+    last_exit_at: str = ""
 
 
-def _spawn(name: str, args: list[str], python: str, log: Path) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [python, "-m", "modelyard.runtime.cli", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # survives the `up` command; stopped by `down`
-        )
+def _cli(python: str, *args: str) -> list[str]:
+    return [python, "-m", "modelyard.runtime.cli", *args]
 
 
-def _wait(process: subprocess.Popen[bytes], address: str, name: str, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def _write_token(state_dir: Path) -> Path:
+    path = state_dir / TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def _wait(name: str, state_dir: Path, deadline: float) -> None:
+    """Until `name` is SERVING; fails when it exits while starting (the supervisor would restart it)."""
+    address = read_state(state_dir)[name].address
     with channel(address) as chan:
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
-                raise RuntimeError(f"{name} exited with code {process.returncode} while starting:\n{tail}")
+            p = read_state(state_dir).get(name)
+            if p is not None and (p.restarts or p.state in ("backoff", "failed")):
+                tail = "\n".join(Path(p.log).read_text(errors="replace").splitlines()[-5:])
+                raise RuntimeError(f"{name} exited with code {p.last_exit} while starting:\n{tail}")
             try:
                 wait_until_serving(chan, "", timeout=1.0)
                 return
             except TimeoutError:
                 continue
-    raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s (log: {log})")
+    raise TimeoutError(f"{name} not SERVING in time (log: {read_state(state_dir)[name].log})")
 
 
 def up(
@@ -74,62 +87,65 @@ def up(
     gateway_settings: dict[str, object] | None = None,
 ) -> dict[str, Process]:
     """Start each service from its config, then the gateway wired to them (plus `gateway_settings`, keys of
-    gateway.yaml). Returns what runs where."""
+    gateway.yaml), under the supervisor. Returns what runs where."""
     state_dir.mkdir(parents=True, exist_ok=True)
     if (state_dir / STATE_FILE).exists():
         raise RuntimeError(f"a stack is already up ({state_dir / STATE_FILE}); run `modelyard down` first")
-    started: dict[str, Process] = {}
-    try:
-        pending = []
-        for name, config in configs.items():
-            port = free_port()
-            log = state_dir / "logs" / f"{name}.log"
-            args = ["serve", name, "--config", str(config), "--port", str(port), "--bind", "127.0.0.1"]
-            process = _spawn(name, args, python_for(name), log)
-            started[name] = Process(name, process.pid, f"127.0.0.1:{port}", str(log))
-            pending.append((process, name, log))
-        for process, name, log in pending:  # they load in parallel
-            _wait(process, started[name].address, name, log, timeout)
-        gateway_config = state_dir / "gateway.yaml"
-        gateway_config.write_text(
-            yaml.safe_dump(
-                {
-                    "data_root": str(data_root.resolve()),
-                    "services": {name: {"addresses": [p.address]} for name, p in started.items()},
-                    **(gateway_settings or {}),
-                }
-            )
+    token = _write_token(state_dir)
+    logs_dir = state_dir / "logs"
+    programs = []
+    for name, config in configs.items():
+        address = f"127.0.0.1:{free_port()}"
+        args = ["serve", name, "--config", str(config), "--port", address.rsplit(":", 1)[1], "--bind", "127.0.0.1"]
+        env = {"MODELYARD_TOKEN_FILE": str(token.resolve())}
+        programs.append(Program(name, _cli(python_for(name), *args), address, str(logs_dir / f"{name}.log"), env))
+    settings = dict(gateway_settings or {})
+    services = {p.name: {"addresses": [p.address], "token_file": str(token.resolve())} for p in programs}
+    for name, extra in dict(settings.pop("services", None) or {}).items():  # type: ignore[call-overload]
+        services[name] = {**services.get(name, {}), **extra}
+    gateway_config = state_dir / "gateway.yaml"
+    gateway_config.write_text(yaml.safe_dump({"data_root": str(data_root.resolve()), "services": services, **settings}))
+    port = gateway_port or free_port()
+    gateway_args = ["gateway", "serve", "--config", str(gateway_config), "--port", str(port), "--bind", "127.0.0.1"]
+    programs.append(Program("gateway", _cli(sys.executable, *gateway_args), f"127.0.0.1:{port}",
+                            str(logs_dir / "gateway.log")))  # fmt: skip
+    write_plan(state_dir, programs)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    with (logs_dir / "supervisor.log").open("ab") as out:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "modelyard.gateway.supervisor", str(state_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the `up` command; stopped by `down`
         )
-        port = gateway_port or free_port()
-        log = state_dir / "logs" / "gateway.log"
-        gateway_args = ["gateway", "serve", "--config", str(gateway_config), "--port", str(port), "--bind", "127.0.0.1"]
-        process = _spawn("gateway", gateway_args, sys.executable, log)
-        started["gateway"] = Process("gateway", process.pid, f"127.0.0.1:{port}", str(log))
-        _wait(process, started["gateway"].address, "gateway", log, timeout)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (state_dir / STATE_FILE).exists():
+            if supervisor.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the supervisor did not start (log: {logs_dir / 'supervisor.log'})")
+            time.sleep(0.05)
+        for program in programs:  # they load in parallel
+            _wait(program.name, state_dir, deadline)
     except BaseException:
-        _stop(list(started.values()))
+        down(state_dir)
+        if supervisor.poll() is None:  # it never wrote its state: stop it here
+            supervisor.terminate()
+            supervisor.wait(60)
         raise
-    (state_dir / STATE_FILE).write_text(json.dumps({n: asdict(p) for n, p in started.items()}, indent=2))
-    return started
+    return read_state(state_dir)
 
 
 def read_state(state_dir: Path) -> dict[str, Process]:
+    """What the supervisor runs (empty when no stack is up)."""
     path = state_dir / STATE_FILE
     if not path.exists():
         return {}
-    return {name: Process(**p) for name, p in json.loads(path.read_text()).items()}
+    return {name: Process(**p) for name, p in json.loads(path.read_text())["processes"].items()}
 
 
-def _stop(processes: list[Process], timeout: float = 30.0) -> None:
-    for p in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for p in processes:
-        while time.monotonic() < deadline and _alive(p.pid):
-            time.sleep(0.1)
-        if _alive(p.pid):
-            os.kill(p.pid, signal.SIGKILL)
+def supervisor_pid(state_dir: Path) -> int | None:
+    path = state_dir / STATE_FILE
+    return int(json.loads(path.read_text())["supervisor"]["pid"]) if path.exists() else None
 
 
 def _alive(pid: int) -> bool:
@@ -146,12 +162,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def down(state_dir: Path) -> list[str]:
-    """Stop everything `up` started (gateway first, so no new calls reach the services)."""
+def down(state_dir: Path, timeout: float = 60.0) -> list[str]:
+    """Stop everything `up` started: the supervisor stops the gateway first, then the services. Processes left
+    behind by a supervisor that died are stopped here."""
     processes = read_state(state_dir)
-    ordered = [processes[n] for n in ("gateway",) if n in processes] + [
-        p for n, p in processes.items() if n != "gateway"
-    ]
-    _stop(ordered)
-    (state_dir / STATE_FILE).unlink(missing_ok=True)
-    return [p.name for p in ordered]
+    pid = supervisor_pid(state_dir)
+    if pid is not None and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    for p in processes.values():  # only when the supervisor could not stop them
+        if p.pid and p.state != "stopped" and _alive(p.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+    for name in (STATE_FILE, PLAN_FILE, TOKEN_FILE):
+        (state_dir / name).unlink(missing_ok=True)
+    ordered = [n for n in ("gateway",) if n in processes] + [n for n in processes if n != "gateway"]
+    return ordered

@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
-from modelyard.gateway.auth import TokenInterceptor
 from modelyard.gateway.calls import ServiceClient
 from modelyard.gateway.config import GatewayConfig
 from modelyard.gateway.engine import Engine, Event, parse_config_text
@@ -26,6 +25,7 @@ from modelyard.gateway.jobs import ItemState, JobStore
 from modelyard.gateway.metrics import GatewayMetrics
 from modelyard.gateway.pipelines import PIPELINES, STUBS
 from modelyard.runtime import logs
+from modelyard.runtime.auth import TokenInterceptor, read_token
 from modelyard.runtime.config import parse_config
 from modelyard.runtime.errors import ConfigError, ModelyardError
 from modelyard.runtime.metrics import ServiceMetrics
@@ -186,7 +186,7 @@ def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | No
     gateway_metrics.registry.register(_Forward(metrics.registry))
     interceptors: list[grpc.ServerInterceptor] = []
     if config.token_file is not None:
-        interceptors.append(TokenInterceptor(config.token_file.read_text().strip()))
+        interceptors.append(TokenInterceptor(read_token(config.token_file)))
     interceptors.append(RequestInterceptor("gateway", metrics, 64 << 20))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"),

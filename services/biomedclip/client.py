@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
-from modelyard.runtime.client import ModelClient, request_metadata
+from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.v1 import biomedclip_pb2, biomedclip_pb2_grpc, types_pb2
 
 METHODS = {
@@ -129,7 +129,7 @@ class BiomedCLIPClient(ModelClient):
 
 # -- commands ---------------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace, action: Any) -> int:
-    client = BiomedCLIPClient(args.address)
+    client = BiomedCLIPClient(args.address, token=token_from(args.token_file))
     try:
         return int(action(client) or 0)
     except grpc.RpcError as exc:
@@ -207,6 +207,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", default="127.0.0.1:50051", help="host:port of the BiomedCLIP service")
+        p.add_argument("--token-file", help="the service's token (default: $MODELYARD_SERVICE_TOKEN_FILE)")
 
     def cam(p: argparse.ArgumentParser) -> None:
         p.add_argument("--image", required=True, help="PNG/JPEG/TIFF file")

@@ -33,9 +33,14 @@ from modelyard.runtime.paths import existing_dir, existing_file, explain_missing
 
 CONFIG_ENV = "MODELYARD_CONFIG"
 # Per-container overrides of the `runtime:` section, for orchestrators: compose's GPU overlay passes the GPU
-# planner's memory fraction as MODELYARD_MEMORY_FRACTION, so one config file serves every placement. An unset or
-# empty variable changes nothing; a set one wins over the file and is validated like it.
-RUNTIME_ENV = {"MODELYARD_MEMORY_FRACTION": "memory_fraction", "MODELYARD_DEVICE": "device"}
+# planner's memory fraction as MODELYARD_MEMORY_FRACTION, so one config file serves every placement (and
+# MODELYARD_TOKEN_FILE names a mounted secret). An unset or empty variable changes nothing; a set one wins over the
+# file and is validated like it.
+RUNTIME_ENV = {
+    "MODELYARD_MEMORY_FRACTION": "memory_fraction",
+    "MODELYARD_DEVICE": "device",
+    "MODELYARD_TOKEN_FILE": "token_file",
+}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -93,6 +98,9 @@ class RuntimeConfig(Strict):
     )
     max_file_mb: int = Field(1024, ge=1, description="largest file a data reference may name (an image, a frame)")
     data_root: Path | None = Field(None, description="the data volume that data references are relative to")
+    token_file: ExistingFile | None = Field(
+        None, description="require `authorization: Bearer <token>` (the file's content) on every call but health"
+    )
 
     @field_validator("device")
     @classmethod

@@ -12,7 +12,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class ModelHost:
         self.adapter: ModelAdapter[Any, Any, Any] | None = None
         self.governor: MemoryGovernor | None = None
         self.scheduler: Scheduler | None = None
+        self.on_broken: Callable[[], None] | None = None  # the server's: drain and exit
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -142,9 +143,13 @@ class ModelHost:
             self.adapter.close()
 
     def mark_broken(self, exc: BaseException) -> None:
-        log.error("fatal model error, reporting NOT_SERVING so the orchestrator restarts me: %s", exc)
+        """Health NOT_SERVING (orchestrators that probe restart on it), then the server drains and exits (for
+        those that restart only on exit, such as compose)."""
+        log.error("fatal model error, reporting NOT_SERVING and exiting once in-flight calls end: %s", exc)
         self.state = State.BROKEN
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.on_broken is not None:
+            self.on_broken()
 
     def _set_health(self, status: int) -> None:
         self.health.set("", status)

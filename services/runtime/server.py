@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from modelyard.runtime import logs
 from modelyard.runtime.adapter import ServiceSpec
+from modelyard.runtime.auth import TokenInterceptor, read_token
 from modelyard.runtime.config import load_config
 from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import ConfigError, InvalidInput, ModelyardError, status_of
@@ -25,6 +26,16 @@ from modelyard.runtime.metrics import ServiceMetrics
 
 log = logging.getLogger("modelyard.runtime")
 REQUEST_ID = "x-request-id"
+# The process can no longer serve (a corrupted CUDA context): it exits once in-flight calls end, so a restart
+# policy that acts on exits (compose's `restart:`, the local stack's supervisor) brings it back.
+EXIT_BROKEN = 3
+# Callers (the gateway) send keepalive pings to notice a dead peer quickly; accept them every 10 s, with or
+# without calls in flight (gRPC's default answers pings more frequent than every 5 min with GOAWAY).
+KEEPALIVE_POLICY = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 
 
 class RequestInterceptor(grpc.ServerInterceptor):
@@ -144,10 +155,15 @@ def build_server(host: ModelHost, address: str) -> tuple[grpc.Server, int]:
         ("grpc.max_receive_message_length", 2 * limit + MIB),
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
+        *KEEPALIVE_POLICY,
     ]
+    interceptors: list[grpc.ServerInterceptor] = []
+    if runtime.token_file is not None:
+        interceptors.append(TokenInterceptor(read_token(runtime.token_file)))
+    interceptors.append(RequestInterceptor(host.spec.name, host.metrics, limit))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=runtime.grpc_threads, thread_name_prefix="grpc"),
-        interceptors=[RequestInterceptor(host.spec.name, host.metrics, limit)],
+        interceptors=interceptors,
         options=options,
     )
     host.spec.add_to_server(host.spec.make_servicer(host), server)
@@ -167,7 +183,8 @@ def build_server(host: ModelHost, address: str) -> tuple[grpc.Server, int]:
 
 
 def serve(spec: ServiceSpec, config_path: str | None, port: int, metrics_port: int | None, bind: str) -> int:
-    """Run a service until SIGTERM/SIGINT. Returns the process exit code (2 = configuration problem)."""
+    """Run a service until SIGTERM/SIGINT, or until it can no longer serve. Returns the process exit code
+    (2 = configuration problem, 1 = loading failed, EXIT_BROKEN = broken while serving)."""
     logs.configure()
     try:
         config = load_config(config_path, spec.config_schema)
@@ -188,6 +205,12 @@ def serve(spec: ServiceSpec, config_path: str | None, port: int, metrics_port: i
 
     stop = threading.Event()
     exit_code = [0]
+
+    def broken() -> None:
+        exit_code[0] = EXIT_BROKEN
+        stop.set()
+
+    host.on_broken = broken
 
     def load() -> None:
         try:

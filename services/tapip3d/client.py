@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
-from modelyard.runtime.client import ModelClient, request_metadata
+from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.v1 import tapip3d_pb2, tapip3d_pb2_grpc
 
 FRAMES = {"world": tapip3d_pb2.FRAME_WORLD, "camera": tapip3d_pb2.FRAME_CAMERA}
@@ -173,7 +173,7 @@ def track_command(args: argparse.Namespace) -> int:
         output=args.output,
         overwrite=args.overwrite,
     )
-    client = TAPIP3DClient(args.address)
+    client = TAPIP3DClient(args.address, token=token_from(args.token_file))
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), transient=True) as bar:  # fmt: skip
@@ -225,6 +225,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     actions = tapip3d.add_subparsers(dest="action", required=True)
     track = actions.add_parser("track", help="track points through an RGB-D sequence, showing progress")
     track.add_argument("--address", default="127.0.0.1:50051", help="host:port of the TAPIP3D service")
+    track.add_argument("--token-file", help="the service's token (default: $MODELYARD_SERVICE_TOKEN_FILE)")
     source = track.add_mutually_exclusive_group(required=True)
     source.add_argument("--sequence", help="an .npz on the service's data volume (path relative to it)")
     source.add_argument("--file", help="a local .npz in TAPIP3D's input format, sent inline (short clips)")

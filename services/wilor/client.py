@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
-from modelyard.runtime.client import ModelClient, request_metadata
+from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.runtime.render import draw_skeletons
 from modelyard.v1 import types_pb2, wilor_pb2, wilor_pb2_grpc
 from modelyard.wilor.hands import BONES, JOINT_NAMES, Hand
@@ -141,7 +141,7 @@ def detect_command(args: argparse.Namespace) -> int:
         "focal_length": args.focal_length,
         "skip_vertices": args.skip_vertices,
     }
-    client = WiLoRClient(args.address)
+    client = WiLoRClient(args.address, token=token_from(args.token_file))
     try:
         if args.sequence:
             response = client.detect_sequence(args.sequence, args.start, args.count, args.step, **options)
@@ -185,6 +185,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     actions = wilor.add_subparsers(dest="action", required=True)
     detect = actions.add_parser("detect", help="hands in images or a frame sequence, written as JSON")
     detect.add_argument("--address", default="127.0.0.1:50051", help="host:port of the WiLoR service")
+    detect.add_argument("--token-file", help="the service's token (default: $MODELYARD_SERVICE_TOKEN_FILE)")
     source = detect.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", action="append", help="PNG/JPEG file (repeatable)")
     source.add_argument("--sequence", help="frames on the service's data volume (folder, video, .npy, .npz)")

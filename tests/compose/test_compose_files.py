@@ -16,6 +16,7 @@ from tests.compose.conftest import MODEL_SERVICES, ROOT, compose_command
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GPU_FILE = ROOT / "docker-compose.gpu.yml"
+TOKEN_FILE = ROOT / "docker-compose.token.yml"
 TINY_DIR = ROOT / "deploy" / "compose" / "tiny"
 
 
@@ -117,3 +118,18 @@ def test_the_build_context_leaves_virtualenvs_wheels_and_data_out() -> None:
     included = [line.removeprefix("!") for line in lines[1:] if line.startswith("!")]
     assert included == ["pyproject.toml", "README.md", "protos/modelyard/", "services/", "gateway/",
                         "build/wheelhouse/requirements/"]  # fmt: skip
+
+
+def test_the_token_overlay_makes_the_services_require_the_secret_the_gateway_sends(tmp_path: Path) -> None:
+    (tmp_path / "service.token").write_text("s3cret\n")
+    env = {"MODELYARD_SERVICE_TOKEN": str(tmp_path / "service.token"), "MEDSAM_MEMORY_FRACTION": "0.4"}
+    merged = resolved(COMPOSE_FILE, GPU_FILE, TOKEN_FILE, env=env)
+    for name in MODEL_SERVICES:
+        service = merged["services"][name]
+        assert [s["source"] for s in service["secrets"]] == ["service_token"]
+        assert service["environment"]["MODELYARD_TOKEN_FILE"] == "/run/secrets/service_token"
+        assert "MODELYARD_MEMORY_FRACTION" in service["environment"]  # the GPU overlay's settings stay
+    gateway = merged["services"]["gateway"]
+    assert gateway["environment"]["MODELYARD_SERVICE_TOKEN_FILE"] == "/run/secrets/service_token"
+    assert Path(merged["secrets"]["service_token"]["file"]) == tmp_path / "service.token"
+    assert all("secrets" not in s for s in resolved(COMPOSE_FILE)["services"].values())  # opt-in

@@ -134,11 +134,14 @@ def _backend_network(project: ComposeProject) -> Any:
 
 
 def kill(project: ComposeProject, service: str) -> None:
-    """SIGKILL, no drain; docker leaves a killed container down, so it is started again, as an operator would."""
+    """SIGKILL, no drain, then down for 20 s: long enough for gRPC's default reconnect backoff to grow past the
+    outage, so the job finishing with no failed item shows the gateway reaches the service soon after it is back.
+    Docker leaves a killed container down, so it is started again, as an operator would; back within 60 s."""
     container = project.container(service)
     container.kill()
-    time.sleep(3)
+    time.sleep(20)
     container.start()
+    project.wait_healthy((service,), timeout=60)
 
 
 def crash(project: ComposeProject, service: str) -> None:

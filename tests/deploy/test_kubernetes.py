@@ -20,7 +20,7 @@ from modelyard.gateway.planner import MODEL_SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
-BASE, GPU = K8S / "base", K8S / "overlays" / "gpu"
+BASE, GPU, TOKEN = K8S / "base", K8S / "overlays" / "gpu", K8S / "overlays" / "token"
 NAMESPACE = "modelyard"
 Resource = dict[str, Any]
 
@@ -104,6 +104,11 @@ def gpu() -> list[Resource]:
     return unhashed(render(GPU))
 
 
+@pytest.fixture(scope="module")
+def token() -> list[Resource]:
+    return unhashed(render(TOKEN))
+
+
 def find(resources: list[Resource], kind: str, name: str) -> Resource:
     [match] = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
     return match
@@ -117,7 +122,7 @@ def pod(resources: list[Resource], name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("version", [all_versions()[0], all_versions()[-1]])
-@pytest.mark.parametrize("variant", ["base", "gpu"])
+@pytest.mark.parametrize("variant", ["base", "gpu", "token"])
 def test_every_manifest_validates_against_the_kubernetes_schemas(variant: str, version: str, request) -> None:  # type: ignore[no-untyped-def]
     resources = request.getfixturevalue(variant)
     assert len(resources) == 1 + 2 + 5 + 2 * 5  # namespace, 2 volumes, 5 config maps, 5 deployments + services
@@ -129,7 +134,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(variant: str, v
 def test_the_renderer_used_without_kubectl_agrees_with_kubectl() -> None:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
-    for folder in (BASE, GPU):
+    for folder in (BASE, GPU, TOKEN):
         key = lambda r: (r["kind"], r["metadata"]["name"])  # noqa: E731
         assert sorted(unhashed(render(folder)), key=key) == sorted(render_subset(folder), key=key)
 
@@ -242,3 +247,19 @@ def test_the_schemas_catch_a_misspelt_key(base: list[Resource]) -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"] = {"prot": 50051}
     with pytest.raises(kubernetes_validate.ValidationError, match="prot"):
         kubernetes_validate.validate(deployment, all_versions()[-1], strict=True)
+
+
+def test_the_token_overlay_makes_the_services_require_the_secret_the_gateway_sends(
+    base: list[Resource], token: list[Resource]
+) -> None:
+    def env(resources: list[Resource], name: str) -> dict[str, str]:
+        return {e["name"]: e["value"] for e in pod(resources, name)["containers"][0].get("env", [])}
+
+    for name, variable in [
+        *((s, "MODELYARD_TOKEN_FILE") for s in MODEL_SERVICES),
+        ("gateway", "MODELYARD_SERVICE_TOKEN_FILE"),
+    ]:
+        source, read_only = mounts_of(pod(token, name))["/secrets"]
+        assert read_only and source["secret"]["secretName"] == "modelyard-service-token"
+        assert env(token, name) == {variable: "/secrets/service.token"}
+        assert env(base, name) == {} and "/secrets" not in mounts_of(pod(base, name))  # opt-in

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,11 +22,14 @@ class Flaky(echo_pb2_grpc.EchoServicer):
     def __init__(self, code: grpc.StatusCode, failures: int, sleep_s: float = 0.0) -> None:
         self.code, self.failures, self.sleep_s = code, failures, sleep_s
         self.request_ids: list[str] = []
+        self.authorizations: list[str] = []
         self.lock = threading.Lock()
 
     def Echo(self, request: echo_pb2.EchoRequest, context: grpc.ServicerContext) -> echo_pb2.EchoResponse:
         with self.lock:
-            self.request_ids.append(dict(context.invocation_metadata())["x-request-id"])
+            metadata = dict(context.invocation_metadata())
+            self.request_ids.append(metadata["x-request-id"])
+            self.authorizations.append(metadata.get("authorization", ""))
             failing = len(self.request_ids) <= self.failures
         if failing and self.sleep_s:
             time.sleep(self.sleep_s)
@@ -50,7 +54,7 @@ def flaky() -> Iterator[tuple[Flaky, str]]:
     server.stop(0)
 
 
-def client(*addresses: str, **overrides: float | int) -> ServiceClient:
+def client(*addresses: str, **overrides: float | int | str) -> ServiceClient:
     settings = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "attempt_timeout_s": 5.0, **overrides}
     config = EndpointConfig(addresses=list(addresses), **settings)
     return ServiceClient("echo", echo_pb2_grpc.EchoStub, config)
@@ -126,3 +130,66 @@ def test_a_dead_replica_fails_over_to_a_live_one(flaky: tuple[Flaky, str]) -> No
     for _ in range(4):
         assert echo.call("Echo", echo_pb2.EchoRequest()) is not None
     assert len(servicer.request_ids) == 4
+
+
+def test_a_call_made_while_the_service_is_down_waits_for_it_and_succeeds_in_one_attempt() -> None:
+    port = free_port()
+    retries: list[grpc.StatusCode] = []
+    config = EndpointConfig(addresses=[f"127.0.0.1:{port}"], attempt_timeout_s=30.0, max_total_s=30.0)
+    echo = ServiceClient("echo", echo_pb2_grpc.EchoStub, config, on_retry=lambda _, code: retries.append(code))
+    servicer = Flaky(grpc.StatusCode.UNAVAILABLE, failures=0)
+    server = grpc.server(ThreadPoolExecutor(4))
+    echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
+
+    def come_back() -> None:
+        time.sleep(3)  # long enough for several failed connection attempts
+        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+        server.start()
+
+    threading.Thread(target=come_back).start()
+    try:
+        assert echo.call("Echo", echo_pb2.EchoRequest(), request_id="while-down") is not None
+        assert retries == [] and servicer.request_ids == ["while-down"]
+    finally:
+        echo.close()
+        server.stop(0)
+
+
+def test_without_max_attempts_the_total_time_bounds_the_retries(flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    servicer.failures = 10_000
+    assert EndpointConfig(addresses=[address]).max_attempts is None
+    with pytest.raises(CallFailed) as err:
+        client(address, max_total_s=1.0).call("Echo", echo_pb2.EchoRequest())
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.attempts > 10  # well past the old cap
+
+
+def test_a_token_file_sends_the_bearer_token_on_every_attempt(tmp_path: Path, flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    (tmp_path / "token").write_text("s3cret\n")
+    assert client(address, token_file=str(tmp_path / "token")).call("Echo", echo_pb2.EchoRequest()) is not None
+    assert servicer.authorizations == ["Bearer s3cret"] * 3  # two refused attempts, then the answer
+
+
+def test_a_replica_that_comes_back_gets_calls_again() -> None:
+    returning, live = Flaky(grpc.StatusCode.UNAVAILABLE, 0), Flaky(grpc.StatusCode.UNAVAILABLE, 0)
+    port = free_port()
+    server, address = serve(live)
+    echo = client(f"127.0.0.1:{port}", address, connect_timeout_s=0.5)
+    back = grpc.server(ThreadPoolExecutor(4))
+    echo_pb2_grpc.add_EchoServicer_to_server(returning, back)
+    try:
+        for _ in range(4):
+            assert echo.call("Echo", echo_pb2.EchoRequest()) is not None  # the live one answers meanwhile
+        assert returning.request_ids == [] and len(live.request_ids) == 4
+        assert back.add_insecure_port(f"127.0.0.1:{port}") == port
+        back.start()
+        deadline = time.monotonic() + 30
+        while not returning.request_ids and time.monotonic() < deadline:
+            echo.call("Echo", echo_pb2.EchoRequest())
+            time.sleep(0.05)
+        assert returning.request_ids, "the replica that came back never got a call"
+    finally:
+        echo.close()
+        server.stop(0)
+        back.stop(0)

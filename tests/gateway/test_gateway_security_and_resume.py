@@ -57,6 +57,35 @@ def test_a_token_is_required_when_configured(tmp_path: Path, medsam: LocalServic
         gateway.stop()
 
 
+def test_the_gateway_sends_a_services_token_and_without_it_items_fail_unauthenticated(
+    tmp_path: Path, tiny_model_section: dict
+) -> None:
+    write_medvqa_inputs(tmp_path / "in", count=2)
+    (tmp_path / "token").write_text("s3cret\n")
+    runtime = {"max_batch_size": 2, "token_file": str(tmp_path / "token")}
+    config = write_config(tmp_path / "medsam", tiny_model_section, runtime, "medsam.yaml")
+    with LocalService("medsam", config, log_path=tmp_path / "medsam.log") as medsam:
+        services = {"medsam": {"addresses": [medsam.address], "token_file": str(tmp_path / "token")}}
+        (tmp_path / "with.yaml").write_text(yaml.safe_dump({"data_root": str(tmp_path), "services": services}))
+        services = {"medsam": {"addresses": [medsam.address]}}
+        (tmp_path / "without.yaml").write_text(yaml.safe_dump({"data_root": str(tmp_path), "services": services}))
+        for name, out in (("with", "out"), ("without", "refused")):
+            gateway = Gateway(tmp_path / f"{name}.yaml", tmp_path / f"{name}.log").start()
+            client = GatewayClient(gateway.address)
+            try:
+                events = list(client.run("medvqa", "in/questions.csv", out, GOLD))
+            finally:
+                client.close()
+                gateway.stop()
+            final = events[-1].job
+            if name == "with":
+                assert final.state == "done" and final.done == 2 and final.failed == 0, final
+            else:
+                failures = [e.item for e in events if e.HasField("item") and e.item.state == "failed"]
+                assert final.failed == 2 and all("UNAUTHENTICATED" in f.error for f in failures), final
+                assert "retrying" not in (tmp_path / "without.log").read_text()  # waiting cannot fix a missing token
+
+
 def test_tls_serves_only_encrypted_callers(tmp_path: Path, medsam: LocalService) -> None:
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",

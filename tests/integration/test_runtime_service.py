@@ -15,10 +15,12 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
-from modelyard.runtime.client import SharedMemoryClient, request_metadata
+from modelyard.runtime.client import ModelClient, SharedMemoryClient, channel, request_metadata, token_from
 from modelyard.runtime.launch import LocalService, free_port
+from modelyard.runtime.server import EXIT_BROKEN
 from modelyard.v1 import echo_pb2, echo_pb2_grpc, types_pb2
 from tests.conftest import write_config
 
@@ -179,16 +181,24 @@ def test_out_of_memory_at_batch_one_is_resource_exhausted_with_memory_figures(st
     assert health(echo.address) == SERVING
 
 
-def test_a_fatal_model_error_turns_health_not_serving(tmp_path: Path) -> None:
-    with echo_service(tmp_path) as service, grpc.insecure_channel(service.address) as chan:
+def test_a_fatal_model_error_turns_health_not_serving_and_exits_so_a_restart_policy_brings_it_back(
+    tmp_path: Path,
+) -> None:
+    service = echo_service(tmp_path)
+    with service, grpc.insecure_channel(service.address) as chan:
         stub = echo_pb2_grpc.EchoStub(chan)
+        in_flight = stub.Echo.future(request(delay=2.0), timeout=30)  # queued ahead of the fatal call
+        time.sleep(0.3)
         with pytest.raises(grpc.RpcError) as err:
             stub.Echo(request(fault=echo_pb2.ECHO_FAULT_FATAL), timeout=10)
         assert err.value.code() == grpc.StatusCode.INTERNAL and "no longer usable" in err.value.details()
-        assert health(service.address) == NOT_SERVING
+        assert in_flight.result() is not None  # the call in flight ended normally before the exit
+        with contextlib.suppress(grpc.RpcError):  # NOT_SERVING while it drains, or already gone
+            assert health(service.address) == NOT_SERVING
         with pytest.raises(grpc.RpcError) as err:
             stub.Echo(request(), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert service.process is not None and service.process.wait(60) == EXIT_BROKEN
 
 
 def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path: Path) -> None:
@@ -227,3 +237,56 @@ def test_concurrent_calls_are_batched_when_a_batch_window_is_set(tmp_path: Path)
 def test_info_reports_the_runtime_state(stub) -> None:
     info = stub.Info(types_pb2.InfoRequest(), timeout=10)
     assert info.service == "echo" and info.details["state"] == "ready" and info.fitted_batch_size == 1
+
+
+def test_a_service_with_a_token_refuses_calls_without_it_and_keeps_health_and_reflection_open(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    with echo_service(tmp_path, runtime={"token_file": str(tmp_path / "token")}) as service:
+        for token in (None, "wrong"):
+            with channel(service.address, token=token) as chan:
+                for call in (
+                    lambda: echo_pb2_grpc.EchoStub(chan).Echo(request(), timeout=10),
+                    lambda: echo_pb2_grpc.EchoStub(chan).Info(types_pb2.InfoRequest(), timeout=10),
+                ):
+                    with pytest.raises(grpc.RpcError) as err:
+                        call()
+                    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in err.value.details()
+        with channel(service.address, token="s3cret") as chan:
+            reply = echo_pb2_grpc.EchoStub(chan).Echo(request(), timeout=10)
+            assert np.array_equal(tensor_to_numpy(reply.array, SHM), np.arange(4, dtype=np.float32))
+        assert health(service.address) == SERVING  # probes need no token
+        with grpc.insecure_channel(service.address) as chan:
+            reflection = reflection_pb2_grpc.ServerReflectionStub(chan)
+            answers = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            names = {s.name for s in next(answers).list_services_response.service}
+        assert "modelyard.v1.Echo" in names
+
+
+def test_the_model_client_sends_the_token_from_its_file(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    service = echo_service(tmp_path)
+    service.env["MODELYARD_TOKEN_FILE"] = str(tmp_path / "token")  # the runtime's variable, as orchestrators set it
+    with service:
+        for token, code in ((None, grpc.StatusCode.UNAUTHENTICATED), (token_from(str(tmp_path / "token")), None)):
+            with EchoClient(service.address, token=token) as client:
+                if code is None:
+                    assert client.info().service == "echo"
+                else:
+                    with pytest.raises(grpc.RpcError) as err:
+                        client.info()
+                    assert err.value.code() == code
+
+
+def test_an_empty_token_file_stops_the_service_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("\n")
+    service = echo_service(tmp_path, runtime={"token_file": str(tmp_path / "token")})
+    with pytest.raises(RuntimeError) as err:
+        service.__enter__()
+    assert "exited with code 2" in str(err.value) and "is empty" in str(err.value)
+
+
+class EchoClient(ModelClient):
+    service = "modelyard.v1.Echo"
+    stub_class = echo_pb2_grpc.EchoStub

@@ -58,3 +58,14 @@ def test_a_config_without_a_runtime_section_gets_one(tmp_path: Path, monkeypatch
     monkeypatch.setenv("MODELYARD_MEMORY_FRACTION", "0.5")
     monkeypatch.delenv("MODELYARD_DEVICE", raising=False)
     assert load_config(path, MedSAMConfig).runtime.memory_fraction == 0.5
+
+
+def test_the_environment_names_the_token_file_and_a_missing_one_is_named(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "service.token").write_text("s3cret\n")
+    monkeypatch.setenv("MODELYARD_TOKEN_FILE", str(tmp_path / "service.token"))
+    assert load_config(config, MedSAMConfig).runtime.token_file == tmp_path / "service.token"
+    monkeypatch.setenv("MODELYARD_TOKEN_FILE", "/run/secrets/no-such-token")
+    with pytest.raises(ConfigError, match="no-such-token"):
+        load_config(config, MedSAMConfig)
