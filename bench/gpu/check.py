@@ -31,18 +31,22 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKS = [
     ("1", "NVML inventory as the planner reads it; `modelyard plan` on it"),
     ("2", "pre-load refusal while another process fills the GPU"),
-    ("3", "real OOM backoff (MedSAM vit_b, 1024²), RESOURCE_EXHAUSTED at batch 1, recovery ≥ 0.9×"),
+    ("3", "real OOM backoff (MedSAM vit_b, 1024²), RESOURCE_EXHAUSTED at batch 1, recovery ≥ 0.9x"),
     ("4", "memory_fraction caps for two services on one GPU"),
     ("5", "memory flat over 1000 Segment calls (torch allocated/reserved, NVML used < 1 %)"),
-    ("6", "throughput: service (shared memory) vs in-process ≥ 0.95×, batching gain, gScoreCAM k=300 s/image"),
+    ("6", "throughput: service (shared memory) vs in-process ≥ 0.95x, batching gain, gScoreCAM k=300 s/image"),
     ("7", "device-side assert: health NOT_SERVING and the process exits"),
 ]
 CAPS = {"cap-a": 0.03, "cap-b": 0.05}
 
 
 def setup_row(plan_file: Path | None, seconds: float) -> Row:
-    row = Row("setup", "the check's dependencies: this Python's where they fit pyproject's ranges, carried wheels "
-              "otherwise; the checkout linked as `modelyard`", goal="nothing missing")  # fmt: skip
+    row = Row(
+        "setup",
+        "the check's dependencies: this Python's where they fit pyproject's ranges, carried wheels "
+        "otherwise; the checkout linked as `modelyard`",
+        goal="nothing missing",
+    )
     plan: dict[str, dict[str, str]] = json.loads(plan_file.read_text()) if plan_file and plan_file.exists() else {}
     wheels = sorted(n for n, d in plan.items() if d["source"] == "wheel")
     import modelyard.runtime
@@ -50,8 +54,8 @@ def setup_row(plan_file: Path | None, seconds: float) -> Row:
     linked = str(Path(modelyard.runtime.__file__).resolve().parent) == str(ROOT / "services" / "runtime")
     row.measured = (
         f"{sum(d['source'] == 'machine' for d in plan.values())} from this Python, {len(wheels)} from wheels"
-        f"{' (' + ', '.join(wheels) + ')' if wheels else ''}; modelyard from this checkout: {'yes' if linked else 'no'}; "
-        f"{seconds:.0f} s"
+        + (f" ({', '.join(wheels)})" if wheels else "")
+        + f"; modelyard from this checkout: {'yes' if linked else 'no'}; {seconds:.0f} s"
     )
     row.numbers = {"plan": plan, "seconds": seconds}
     return judge(row, bool(plan) and linked and all(d["source"] != "none" for d in plan.values()))
@@ -86,8 +90,12 @@ def dry_run(folder: Path, logs: Path, out: Path) -> list[Row]:
     config = write_config(folder, "medsam-tiny", tiny_medsam_model(folder), {"device": "cpu", "max_batch_size": 4})
     medsam = Service("medsam", "medsam-tiny", config, logs)
     fault = fault_service(folder, logs, "cpu")
-    row = Row("dry run", "services start (tiny MedSAM and the fault service on the CPU), Segment through shared "
-              "memory, metrics scraped, health read", goal="all answer")  # fmt: skip
+    row = Row(
+        "dry run",
+        "services start (tiny MedSAM and the fault service on the CPU), Segment through shared "
+        "memory, metrics scraped, health read",
+        goal="all answer",
+    )
     started = time.monotonic()
     try:
         start_all([medsam, fault])
@@ -156,15 +164,20 @@ def gpu_run(folder: Path, logs: Path, out: Path, deadline: float) -> list[Row]:
         for service in everything:
             service.wait_until_serving(240)
         rows.append(
-            Row("start-up", "7 services (MedSAM vit_b x5, BiomedCLIP real-size, fault service) load side by side",
+            Row(
+                "start-up",
+                "7 services (MedSAM vit_b x5, BiomedCLIP real-size, fault service) load side by side",
                 measured=f"SERVING after {time.monotonic() - started:.0f} s (models written, loaded, warmed)",
-                status="pass")  # fmt: skip
+                status="pass",
+            )
         )
         attempt(rows, "1", lambda: placement.inventory(out), deadline)
         attempt(rows, "2", lambda: placement.refusal(folder, logs), deadline)
         attempt(rows, "3", lambda: memory.backoff(services["backoff"], services["s8"], adapter), deadline)
         attempt(rows, "4", lambda: memory.caps([(services[n], f) for n, f in CAPS.items()]), deadline)
-        attempt(rows, "6", lambda: speed.speed(services["s8"], services["s1"], services["biomedclip"], adapter), deadline)
+        attempt(
+            rows, "6", lambda: speed.speed(services["s8"], services["s1"], services["biomedclip"], adapter), deadline
+        )
         attempt(rows, "5", lambda: memory.flat(services["s8"]), deadline)
         attempt(rows, "7", lambda: corrupted_context(fault), deadline)
     finally:
@@ -240,8 +253,18 @@ def main() -> int:
     text = markdown(rows, header)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(
-        json.dumps({"date": when, "dry_run": args.dry_run, "machine": machine(), "seconds": seconds, "ok": ok,
-                    "rows": [asdict(r) for r in rows]}, indent=1, default=str)  # fmt: skip
+        json.dumps(
+            {
+                "date": when,
+                "dry_run": args.dry_run,
+                "machine": machine(),
+                "seconds": seconds,
+                "ok": ok,
+                "rows": [asdict(r) for r in rows],
+            },
+            indent=1,
+            default=str,
+        )
     )
     if args.write_results:
         from bench.report import write_section

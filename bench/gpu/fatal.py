@@ -22,8 +22,11 @@ class FaultService(LocalService):
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.gpu.fault_service", "--config", str(self.config), "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
-        )  # fmt: skip
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=ROOT,
+        )
         return self
 
 
@@ -74,11 +77,13 @@ def corrupted_context(service: FaultService, wait_s: float = 30.0) -> list[Row]:
         if not seen or seen[-1] != status:
             seen.append(status)
         time.sleep(0.2)
-    row = Row("7", "device-side assert: health NOT_SERVING, then the process exits non-zero (orchestrator restarts)",
-              goal="NOT_SERVING, exit ≠ 0 within 30 s")  # fmt: skip
-    row.measured = (
-        f"the call: {code} “{details[:160]}”; health seen: {', '.join(seen) or 'none (already gone)'}; "
-        + (f"exit code {exit_code}" if exit_code is not None else f"still running after {wait_s:.0f} s")
+    row = Row(
+        "7",
+        "device-side assert: health NOT_SERVING, then the process exits non-zero (orchestrator restarts)",
+        goal="NOT_SERVING, exit ≠ 0 within 30 s",
+    )
+    row.measured = f"the call: {code} “{details[:160]}”; health seen: {', '.join(seen) or 'none (already gone)'}; " + (
+        f"exit code {exit_code}" if exit_code is not None else f"still running after {wait_s:.0f} s"
     )
     row.numbers = {"call": code, "details": details, "health_seen": seen, "exit_code": exit_code}
     not_serving = "NOT_SERVING" in seen or (exit_code is not None and "SERVING" not in seen)

@@ -50,15 +50,26 @@ def backoff(service: Service, reference: Service, adapter: Any) -> list[Row]:
             again = service.metric(BACKOFFS)
             differing = int(sum(np.count_nonzero(a != b) for a, b in zip(batched, unbatched, strict=True)))
             foreground = float(np.mean([m.mean() for m in unbatched]))
-            row = Row("3", "real OOM: a batch of 8 that does not fit is answered, masks = unbatched, backoff counted, "
-                      "fitted batch remembered", goal="identical masks, backoffs > 0, fitted < 8, no new backoffs")  # fmt: skip
+            row = Row(
+                "3",
+                "real OOM: a batch of 8 that does not fit is answered, masks = unbatched, backoff counted, "
+                "fitted batch remembered",
+                goal="identical masks, backoffs > 0, fitted < 8, no new backoffs",
+            )
             row.measured = (
                 f"{free} MiB free (one image needs ~{per_image:.0f} MiB more): {len(batched)} masks, "
                 f"{differing} pixels differ from unbatched (masks {foreground:.1%} foreground), "
                 f"{after - before:.0f} backoffs, fitted {fitted}, next call +{again - after:.0f} backoffs"
             )
-            row.numbers = {"free_mb": free, "filler_mb": held, "per_image_mb": per_image, "differing_pixels": differing,
-                           "backoffs": after - before, "fitted": fitted, "backoffs_next_call": again - after}  # fmt: skip
+            row.numbers = {
+                "free_mb": free,
+                "filler_mb": held,
+                "per_image_mb": per_image,
+                "differing_pixels": differing,
+                "backoffs": after - before,
+                "fitted": fitted,
+                "backoffs_next_call": again - after,
+            }
             rows.append(judge(row, differing == 0 and after > before and fitted < 8 and again == after))
             rows.append(exhausted(service, filler))
         rows.append(recovery(service, reference, caller))
@@ -83,8 +94,11 @@ def exhausted(service: Service, filler: Filler) -> Row:
     request = medsam_pb2.SegmentRequest(
         items=[medsam_pb2.SegmentItem(image=types_pb2.Image(array=numpy_to_tensor(image)), boxes=boxes)]
     )
-    row = Row("3", "nothing left even for batch 1: RESOURCE_EXHAUSTED with free and needed MiB; service stays SERVING",
-              goal="RESOURCE_EXHAUSTED, numbers, SERVING")  # fmt: skip
+    row = Row(
+        "3",
+        "nothing left even for batch 1: RESOURCE_EXHAUSTED with free and needed MiB; service stays SERVING",
+        goal="RESOURCE_EXHAUSTED, numbers, SERVING",
+    )
     with channel(service.address) as chan:
         try:
             medsam_pb2_grpc.MedSAMStub(chan).Segment(request, timeout=120)
@@ -116,10 +130,13 @@ def recovery(service: Service, reference: Service, caller: MedSAMCaller) -> Row:
         theirs = rate(lambda: len(fresh.segment(images)), 4.0)
     finally:
         fresh.close()
-    row = Row("3", "memory freed: throughput recovers to ≥ 0.9× a service started at the batch that now fits (8)",
-              goal="≥ 0.9×")  # fmt: skip
+    row = Row(
+        "3",
+        "memory freed: throughput recovers to ≥ 0.9x a service started at the batch that now fits (8)",
+        goal="≥ 0.9x",
+    )
     row.measured = (
-        f"fitted back to {fitted} after {calls} calls; {ours:.1f} vs {theirs:.1f} images/s ({ours / theirs:.2f}×)"
+        f"fitted back to {fitted} after {calls} calls; {ours:.1f} vs {theirs:.1f} images/s ({ours / theirs:.2f}x)"
     )
     row.numbers = {"fitted": fitted, "probe_calls": calls, "images_per_s": ours, "reference_images_per_s": theirs}
     return judge(row, ours >= 0.9 * theirs)
@@ -149,10 +166,19 @@ def caps(services: list[tuple[Service, float]]) -> list[Row]:
             f"{service.label}: cap {fraction:.0%} = {cap_mb:.0f} MiB, reserved {reserved_mb:.0f}{nvml}, "
             f"fitted batch {info.fitted_batch_size}"
         )
-        numbers[service.label] = {"cap_mb": cap_mb, "reserved_mb": reserved_mb, "nvml_mb": nvml_mb,
-                                  "fitted": info.fitted_batch_size}  # fmt: skip
-    row = Row("4", "memory_fraction: two services on one GPU, each answers batches of 8 and stays under its cap",
-              goal="reserved ≤ cap", measured="; ".join(parts), numbers=numbers)  # fmt: skip
+        numbers[service.label] = {
+            "cap_mb": cap_mb,
+            "reserved_mb": reserved_mb,
+            "nvml_mb": nvml_mb,
+            "fitted": info.fitted_batch_size,
+        }
+    row = Row(
+        "4",
+        "memory_fraction: two services on one GPU, each answers batches of 8 and stays under its cap",
+        goal="reserved ≤ cap",
+        measured="; ".join(parts),
+        numbers=numbers,
+    )
     return [judge(row, ok)]
 
 
@@ -181,17 +207,26 @@ def flat(service: Service, calls: int = 1000, warm: int = 100, clients: int = 8)
             info = callers[0].info()
             pid_mb = process_gpu_mb(service.process.pid) if service.process else None
             snapshots.append(
-                {"allocated": info.gpu_memory_allocated_bytes / MIB, "reserved": info.gpu_memory_reserved_bytes / MIB,
-                 "nvml_used": float(nvml_used_mb()), "nvml_process": pid_mb}  # fmt: skip
+                {
+                    "allocated": info.gpu_memory_allocated_bytes / MIB,
+                    "reserved": info.gpu_memory_reserved_bytes / MIB,
+                    "nvml_used": float(nvml_used_mb()),
+                    "nvml_process": pid_mb,
+                }
             )
     finally:
         for caller in callers:
             caller.close()
     first, last = snapshots
     growth = {k: (last[k] - first[k]) / first[k] for k in first if first[k]}
-    row = Row("5", f"memory flat over {calls} Segment calls ({clients} clients): torch allocated/reserved, NVML used",
-              goal="each grows < 1 %", numbers={"after_warm": first, "after_all": last, "growth": growth})  # fmt: skip
-    row.measured = "; ".join(
-        f"{k} {first[k]:.0f} → {last[k]:.0f} MiB ({growth[k]:+.2%})" for k in growth
-    ) + f" (after {warm} → {calls} calls)"
+    row = Row(
+        "5",
+        f"memory flat over {calls} Segment calls ({clients} clients): torch allocated/reserved, NVML used",
+        goal="each grows < 1 %",
+        numbers={"after_warm": first, "after_all": last, "growth": growth},
+    )
+    row.measured = (
+        "; ".join(f"{k} {first[k]:.0f} → {last[k]:.0f} MiB ({growth[k]:+.2%})" for k in growth)
+        + f" (after {warm} → {calls} calls)"
+    )
     return [judge(row, all(g < 0.01 for g in growth.values()))]

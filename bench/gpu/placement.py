@@ -17,8 +17,17 @@ SERVICES = ("medsam", "biomedclip", "tapip3d", "wilor")
 
 def plan_cli(out: Path, inventory: Path | None = None) -> tuple[int, str]:
     """`modelyard plan` over deploy/config, as a user runs it (dry run: nothing written)."""
-    cmd = [sys.executable, "-m", "modelyard.runtime.cli", "plan", "--config-dir", str(ROOT / "deploy/config"),
-           "--dry-run", "--samples", "3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "modelyard.runtime.cli",
+        "plan",
+        "--config-dir",
+        str(ROOT / "deploy/config"),
+        "--dry-run",
+        "--samples",
+        "3",
+    ]
     cmd += ["--inventory", str(inventory)] if inventory else ["--save-inventory", str(out / "inventory.json")]
     env = {**os.environ, "COLUMNS": "200"}  # rich wraps narrower tables, which would split service names
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
@@ -54,7 +63,7 @@ def inventory(out: Path) -> list[Row]:
         row.measured = snapshot.reason
         return [judge(row, False), plan_row(out)]
     gpu = snapshot.gpus[0]
-    free, total = torch.cuda.mem_get_info(0)
+    total = torch.cuda.mem_get_info(0)[1]
     matched = visible[0] is not None and any(visible[0].uuid == g.uuid for g in snapshot.gpus)
     torch_total_mb = total // 2**20
     off = abs(torch_total_mb - gpu.total_mb) / gpu.total_mb
@@ -74,8 +83,11 @@ def refusal(folder: Path, logs: Path) -> list[Row]:
     model = json.loads((folder / "medsam_model.json").read_text())
     need = MedSAMAdapter.memory_need_mb(MedSAMConfig.model_validate(model), 8)
     config = write_config(folder, "refused", model, {"device": "cuda:0", "max_batch_size": 8})
-    row = Row("2", "pre-load refusal: less free than `memory_need_mb`: no load, free vs needed named, exit ≠ 0",
-              goal="exit ≠ 0, message has both numbers")  # fmt: skip
+    row = Row(
+        "2",
+        "pre-load refusal: less free than `memory_need_mb`: no load, free vs needed named, exit ≠ 0",
+        goal="exit ≠ 0, message has both numbers",
+    )
     with Filler() as filler:
         free, held = filler.leave(need // 2)
         service = Service("medsam", "refused", config, logs).start()

@@ -53,10 +53,11 @@ def service_vs_in_process(service: Service, adapter: Any, seconds: float = 3.0) 
     finally:
         caller.close()
     remote, inproc = float(np.mean(ours)), float(np.mean(theirs))
-    row = Row("6", "MedSAM vit_b 1024² images/s through the service (shared memory) vs in-process, same GPU",
-              goal="≥ 0.95×")  # fmt: skip
+    row = Row(
+        "6", "MedSAM vit_b 1024² images/s through the service (shared memory) vs in-process, same GPU", goal="≥ 0.95x"
+    )
     row.measured = (
-        f"{remote:.1f} vs {inproc:.1f} images/s ({remote / inproc:.3f}×), batches of 8, "
+        f"{remote:.1f} vs {inproc:.1f} images/s ({remote / inproc:.3f}x), batches of 8, "
         f"{'shared memory' if shared else 'inline bytes (shared memory refused!)'}"
     )
     row.numbers = {"service_images_per_s": remote, "in_process_images_per_s": inproc, "shared_memory": shared}
@@ -92,9 +93,12 @@ def batching(batched: Service, unbatched: Service) -> Row:
     one = concurrent_rate(unbatched)
     many = concurrent_rate(batched)
     avg = batched.metric("modelyard_batch_size_sum") / max(1.0, batched.metric("modelyard_batch_size_count"))
-    row = Row("6", "dynamic batching: 8 concurrent clients, one image per call, max_batch 8 + 5 ms wait vs batch 1",
-              goal="gain > 1×")  # fmt: skip
-    row.measured = f"{many:.1f} vs {one:.1f} images/s ({many / one:.2f}×), mean batch {avg:.1f}"
+    row = Row(
+        "6",
+        "dynamic batching: 8 concurrent clients, one image per call, max_batch 8 + 5 ms wait vs batch 1",
+        goal="gain > 1x",
+    )
+    row.measured = f"{many:.1f} vs {one:.1f} images/s ({many / one:.2f}x), mean batch {avg:.1f}"
     row.numbers = {"batched_images_per_s": many, "unbatched_images_per_s": one, "mean_batch": avg}
     return judge(row, many > one)
 
@@ -120,9 +124,14 @@ def gscorecam(service: Service, images: int = 4) -> Row:
         for seed in range(1, images + 1):
             call(seed)
         per_image = (time.perf_counter() - started) / images
-    row = Row("6", "BiomedCLIP (ViT-B/16 + PubMedBERT, 224) gScoreCAM k=300 through the service, s/image",
-              goal=f"seed: {SEED_IMAGES_PER_S} images/s on an RTX 3090")  # fmt: skip
-    row.measured = f"{per_image:.2f} s/image = {1 / per_image:.2f} images/s ({(1 / per_image) / SEED_IMAGES_PER_S:.0f}× the seed)"
+    row = Row(
+        "6",
+        "BiomedCLIP (ViT-B/16 + PubMedBERT, 224) gScoreCAM k=300 through the service, s/image",
+        goal=f"seed: {SEED_IMAGES_PER_S} images/s on an RTX 3090",
+    )
+    row.measured = (
+        f"{per_image:.2f} s/image = {1 / per_image:.2f} images/s ({(1 / per_image) / SEED_IMAGES_PER_S:.0f}x the seed)"
+    )
     row.numbers = {"seconds_per_image": per_image, "images": images}
     row.status = "measured"
     return row

@@ -19,10 +19,11 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ROOT / "build" / "gpu-wheels"
@@ -57,6 +58,9 @@ PINS = {
 # What the check runs: the runtime, MedSAM and BiomedCLIP. torch and torchvision are the machine's, always.
 EXTRAS = ("medsam", "biomedclip")
 MACHINE_ONLY = {"torch", "torchvision"}
+# Large binary packages that the GPU machines' Python holds and that are not carried (they would not fit the
+# 64 MiB that travels): a machine without them is reported by `install`, by name.
+NOT_CARRIED = {"numpy", "pillow", "rich", "scikit-image", "transformers", "opencv-python-headless"}
 
 
 def canonical(name: str) -> str:
@@ -149,7 +153,9 @@ def link_checkout(site: Path) -> None:
 
 def install(wheels: Path, site: Path) -> dict[str, dict[str, str]]:
     decided = plan(wheels)
-    missing = [f"{n} ({d['requirement']}, machine: {d['machine']})" for n, d in decided.items() if d["source"] == "none"]
+    missing = [
+        f"{n} ({d['requirement']}, machine: {d['machine']})" for n, d in decided.items() if d["source"] == "none"
+    ]
     if missing:
         raise SystemExit(
             f"these are neither on this machine nor among the wheels in {wheels}: {', '.join(missing)}; "
@@ -159,10 +165,24 @@ def install(wheels: Path, site: Path) -> dict[str, dict[str, str]]:
     chosen = [str(wheels / d["wheel"]) for d in decided.values() if d["source"] == "wheel"]
     if chosen:
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-             "--no-cache-dir", "--upgrade", "--disable-pip-version-check", "--target", str(site), *chosen],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--no-cache-dir",
+                "--upgrade",
+                "--disable-pip-version-check",
+                "--target",
+                str(site),
+                *chosen,
+            ],
             check=True,
-        )  # fmt: skip
+        )
     link_checkout(site)
     return decided
 
@@ -171,11 +191,24 @@ def download(wheels: Path) -> None:
     wheels.mkdir(parents=True, exist_ok=True)
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
-         PYTHON_TAG, "--implementation", "cp", *platforms, "-d", str(wheels),
-         *(f"{name}=={version}" for name, version in PINS.items())],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            PYTHON_TAG,
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(wheels),
+            *(f"{name}=={version}" for name, version in PINS.items()),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     size = sum(p.stat().st_size for p in wheels.glob("*.whl"))
     print(f"{len(list(wheels.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB in {wheels}")
 
