@@ -68,7 +68,8 @@ def corrupted_context(service: FaultService, wait_s: float = 30.0) -> list[Row]:
 
     assert service.process is not None
     code, details = echo(service, echo_pb2.ECHO_FAULT_FATAL)
-    seen, exit_code, deadline = [], None, time.monotonic() + wait_s
+    seen: list[str] = []
+    exit_code, deadline = None, time.monotonic() + wait_s
     while time.monotonic() < deadline:
         exit_code = service.process.poll()
         if exit_code is not None:

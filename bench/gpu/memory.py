@@ -46,7 +46,7 @@ def backoff(service: Service, reference: Service, adapter: Any) -> list[Row]:
             batched = caller.segment(images)
             after = service.metric(BACKOFFS)
             fitted = caller.info().fitted_batch_size
-            caller.segment(images)  # the fitted size is remembered: no new halvings
+            caller.segment(images)  # the fitted size is remembered: no new halvings (20 successes before a probe)
             again = service.metric(BACKOFFS)
             differing = int(sum(np.count_nonzero(a != b) for a, b in zip(batched, unbatched, strict=True)))
             foreground = float(np.mean([m.mean() for m in unbatched]))
@@ -120,7 +120,8 @@ def recovery(service: Service, reference: Service, caller: MedSAMCaller) -> Row:
     """Memory freed: the governor probes back up; 8-image calls reach ≥ 0.9x a service that never backed off."""
     images = test_images(8, seed=4)
     calls = 0
-    while caller.info().fitted_batch_size < 8 and calls < 40:  # probe_up_after: 4 in this service's config
+    # probe_up_after is 20 in this service's config: 1 -> 2 -> 4 -> 8 takes 60 chunks, about 18 calls of 8 images.
+    while caller.info().fitted_batch_size < 8 and calls < 60:
         caller.segment(images)
         calls += 1
     fitted = caller.info().fitted_batch_size

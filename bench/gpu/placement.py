@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("medsam", "biomedclip", "tapip3d", "wilor")
 
 
-def plan_cli(out: Path, inventory: Path | None = None) -> tuple[int, str]:
+def plan_cli(out: Path, inventory: Path | None = None, config_dir: Path = ROOT / "deploy/config") -> tuple[int, str]:
     """`modelyard plan` over deploy/config, as a user runs it (dry run: nothing written)."""
     cmd = [
         sys.executable,
@@ -23,20 +23,20 @@ def plan_cli(out: Path, inventory: Path | None = None) -> tuple[int, str]:
         "modelyard.runtime.cli",
         "plan",
         "--config-dir",
-        str(ROOT / "deploy/config"),
+        str(config_dir),
         "--dry-run",
         "--samples",
         "3",
     ]
     cmd += ["--inventory", str(inventory)] if inventory else ["--save-inventory", str(out / "inventory.json")]
     env = {**os.environ, "COLUMNS": "200"}  # rich wraps narrower tables, which would split service names
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     (out / "plan.txt").write_text(done.stdout + done.stderr)
     return done.returncode, done.stdout + done.stderr
 
 
-def plan_row(out: Path, inventory: Path | None = None) -> Row:
-    code, text = plan_cli(out, inventory)
+def plan_row(out: Path, inventory: Path | None = None, config_dir: Path = ROOT / "deploy/config") -> Row:
+    code, text = plan_cli(out, inventory, config_dir)
     placed = [s for s in SERVICES if s in text]
     row = Row("1", "`modelyard plan` places every service on this inventory", goal="exit 0, all 4 placed")
     row.measured = f"exit {code}, placed {', '.join(placed) or 'none'} (plan.txt)"
@@ -44,11 +44,17 @@ def plan_row(out: Path, inventory: Path | None = None) -> Row:
     return judge(row, code == 0 and len(placed) == len(SERVICES))
 
 
-def synthetic_inventory(path: Path) -> Path:
-    """One H200 as NVML reports it, for the dry run's plan."""
+def synthetic_inventory(folder: Path) -> tuple[Path, Path]:
+    """One H200 as NVML reports it, and configs that declare their needs (so planning imports no model code),
+    for the dry run's plan."""
     gpu = {"index": 0, "name": "NVIDIA H200", "uuid": "GPU-dry-run", "total_mb": 143771, "used_mb": 0}
+    path = folder / "h200.json"
     path.write_text(json.dumps({"reason": "dry run: a saved H200 inventory", "gpus": [gpu]}))
-    return path
+    configs = folder / "plan-configs"
+    configs.mkdir()
+    for service, need in zip(SERVICES, (11_000, 3_000, 8_000, 6_000), strict=True):
+        (configs / f"{service}.yaml").write_text(json.dumps({"runtime": {"memory_need_mb": need}}))
+    return path, configs
 
 
 def inventory(out: Path) -> list[Row]:
