@@ -96,7 +96,8 @@ def refusal(folder: Path, logs: Path) -> list[Row]:
     )
     with Filler() as filler:
         free, held = filler.leave(need // 2)
-        service = Service("medsam", "refused", config, logs).start()
+        service = Service("medsam", "refused", config, logs)
+        service.start()
         assert service.process is not None
         try:
             code = service.process.wait(120)
