@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -276,5 +275,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    shutil.disk_usage(ROOT)  # (fails early on a missing checkout rather than mid-run)
     raise SystemExit(main())
