@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import sys
 import tarfile
 import tempfile
@@ -223,6 +224,8 @@ def main() -> int:
     parser.add_argument("--setup-plan", type=Path, help="(from check.sh) what the setup installed")
     parser.add_argument("--setup-seconds", type=float, default=0.0, help="(from check.sh) how long the setup took")
     args = parser.parse_args()
+    # SIGTERM (a timeout, an operator) unwinds like Ctrl-C, so every service this run started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

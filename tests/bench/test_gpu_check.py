@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -23,15 +24,22 @@ GPU_CHECKS = {"1", "2", "3", "4", "5", "6", "7"}
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("gpu-check")
     env = {**os.environ, "MODELYARD_GPU_PYTHON": sys.executable, "MODELYARD_GPU_SITE": str(out / "site")}
-    done = subprocess.run(
+    # Its own process group, so that a run past the timeout is stopped with every service it started.
+    process = subprocess.Popen(
         [str(ROOT / "bench/gpu/check.sh"), "--dry-run", "--out", str(out)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=560,
         env=env,
         cwd=ROOT,
+        start_new_session=True,
     )
-    return done, out
+    try:
+        stdout, stderr = process.communicate(timeout=560)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), out
 
 
 @pytest.mark.integration
