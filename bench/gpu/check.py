@@ -98,7 +98,7 @@ def dry_run(folder: Path, logs: Path, out: Path) -> list[Row]:
     )
     started = time.monotonic()
     try:
-        start_all([medsam, fault])
+        start_all([medsam, fault], timeout=600)  # a busy 2-core machine can take minutes to import torch
         caller = MedSAMCaller(medsam.address)
         try:
             masks = caller.segment(test_images(2))
