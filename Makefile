@@ -78,7 +78,6 @@ bench: setup test-assets
 	$(WILOR_PY) -m bench.wilor
 	$(PY) -m bench.gateway_load
 	$(PY) -m bench.medvqa_vs_sequential
-	$(PY) -m bench.real_size
 
 # Hands per second of wilor's CPU reference (MediaPipe) at 640x480, in-process and over gRPC.
 bench-wilor: setup test-assets
