@@ -211,7 +211,7 @@ def machine() -> str:
 def markdown(rows: list[Row], header: str) -> str:
     from bench.report import table
 
-    cells = [[r.check, r.promise, r.measured.replace("|", "/"), r.goal, r.status] for r in rows]
+    cells: list[list[object]] = [[r.check, r.promise, r.measured.replace("|", "/"), r.goal, r.status] for r in rows]
     return header + "\n\n" + table(["check", "promise", "measured", "goal", "result"], cells) + "\n"
 
 
