@@ -344,11 +344,13 @@ def write_tiny_model(
     context_length: int = 32,
     seed: int = 0,
     old_keys: bool = False,
+    bert: dict[str, int] | None = None,
 ) -> dict[str, Path]:
     """A tiny model in BiomedCLIP's layout: model folder (open_clip_config.json, open_clip_pytorch_model.bin,
     WordPiece tokenizer files) and a separate text folder (the BERT config.json, as from BiomedBERT's repo).
 
-    Same code path as the real model; only the sizes differ. Weights are random (seeded), never meaningful.
+    Same code path as the real model; only the sizes differ (`bert` overrides the text tower's BertConfig sizes,
+    e.g. BiomedBERT's real ones for benchmarks). Weights are random (seeded), never meaningful.
     """
     from transformers import BertConfig
 
@@ -370,14 +372,16 @@ def write_tiny_model(
             }
         )
     )
-    BertConfig(
-        vocab_size=len(TINY_VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=max(64, context_length),
-    ).to_json_file(str(text_dir / "config.json"))
+    sizes = {
+        "vocab_size": len(TINY_VOCAB),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": max(64, context_length),
+        **(bert or {}),
+    }
+    BertConfig(**sizes).to_json_file(str(text_dir / "config.json"))
     hub_name = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
     proj, pooler = ("proj", "pooler_type") if old_keys else ("hf_proj_type", "hf_pooler_type")
     config: dict[str, Any] = {
