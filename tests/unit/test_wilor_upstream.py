@@ -370,7 +370,7 @@ def test_runs_wilor_as_its_demo_does_batched_across_frames(checkout: Path) -> No
     adapter = _load(_config(checkout, upstream={"hands_per_batch": 2}))
     detector_calls, dataset_calls, model_calls = _fakes()
     cfg = model_calls[0]["cfg"]
-    assert cfg.MANO.MEAN_PARAMS == str(checkout.parent / "mano" / "mano_mean_params.npz")
+    assert str(checkout.parent / "mano" / "mano_mean_params.npz") == cfg.MANO.MEAN_PARAMS
     assert cfg.MODEL.BBOX_SHAPE == [192, 256] and "PRETRAINED_WEIGHTS" not in cfg.MODEL.BACKBONE
 
     rng = np.random.default_rng(0)
@@ -442,7 +442,9 @@ def test_warm_up_runs_detector_and_network_and_options_are_per_frame(checkout: P
 
 
 def test_the_camera_comes_from_the_models_config(checkout: Path) -> None:
-    text = MODEL_CONFIG.replace("FOCAL_LENGTH: 5000", "FOCAL_LENGTH: 4000").replace("IMAGE_SIZE: 256", "IMAGE_SIZE: 200")
+    text = MODEL_CONFIG.replace("FOCAL_LENGTH: 5000", "FOCAL_LENGTH: 4000").replace(
+        "IMAGE_SIZE: 256", "IMAGE_SIZE: 200"
+    )
     (checkout.parent / "model_config.yaml").write_text(text)
     adapter = _load(_config(checkout))
     (hands,) = adapter.infer([Query(np.zeros((200, 300, 3), np.uint8), Options(0.3, 1, 2.0))])
