@@ -66,6 +66,7 @@ def options_message(
     rescale_factor: float | None = None,
     focal_length: float | None = None,
     skip_vertices: bool = False,
+    flat_hand_mean: bool | None = None,
 ) -> wilor_pb2.DetectOptions:
     msg = wilor_pb2.DetectOptions(skip_vertices=skip_vertices)
     if detection_confidence is not None:
@@ -76,6 +77,8 @@ def options_message(
         msg.rescale_factor = rescale_factor
     if focal_length is not None:
         msg.focal_length = focal_length
+    if flat_hand_mean is not None:
+        msg.flat_hand_mean = flat_hand_mean
     return msg
 
 
@@ -92,7 +95,7 @@ class WiLoRClient(ModelClient):
     ) -> list[list[Hand]]:
         """Hands per image (arrays (H,W[,C]) uint8 RGB, or PNG/JPEG bytes). `given[i]`: the image's hands as
         (box xyxy, is_right) to skip detection. Options: detection_confidence, max_hands, rescale_factor,
-        focal_length, skip_vertices."""
+        focal_length, skip_vertices, flat_hand_mean."""
         items = []
         for i, image in enumerate(images):
             msg = (
@@ -140,6 +143,7 @@ def detect_command(args: argparse.Namespace) -> int:
         "rescale_factor": args.rescale_factor,
         "focal_length": args.focal_length,
         "skip_vertices": args.skip_vertices,
+        "flat_hand_mean": False if args.pose_from_hands_mean else None,
     }
     client = WiLoRClient(args.address, token=token_from(args.token_file))
     try:
@@ -197,6 +201,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     detect.add_argument("--rescale-factor", type=float, help="crop enlargement of the hand box")
     detect.add_argument("--focal-length", type=float, help="camera focal length in pixels")
     detect.add_argument("--skip-vertices", action="store_true", help="leave the MANO mesh out")
+    detect.add_argument(
+        "--pose-from-hands-mean",
+        action="store_true",
+        help="hand_pose for a MANO that adds hands_mean (flat_hand_mean=False) instead of from the flat hand",
+    )
     detect.add_argument("--out", required=True, help="JSON file of the hands")
     detect.add_argument("--overlay", help="folder for images with the hands drawn (images only)")
     detect.set_defaults(func=detect_command)

@@ -9,6 +9,8 @@ model:
     config: /models/wilor/model_config.yaml
     detector: /models/wilor/detector.pt
     mano_dir: /models/wilor/mano_data           # MANO_RIGHT.pkl and mano_mean_params.npz
+    trust_checkpoint_pickle: true               # checkpoint and detector are pickles: for files you trust
+  flat_hand_mean: true        # hand_pose from the flat hand (WiLoR's); false: for a MANO that adds hands_mean
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ class UpstreamSettings(Strict):
     mano_dir: ExistingDir = Field(description="folder with MANO_RIGHT.pkl and mano_mean_params.npz")
     trust_checkpoint_pickle: bool = Field(
         False,
-        description="WiLoR's Lightning checkpoint holds Python objects besides tensors (its config); loading "
-        "them runs code from the file, so it must be allowed explicitly",
+        description="WiLoR's Lightning checkpoint holds Python objects besides tensors (its config) and "
+        "detector.pt is a pickled Ultralytics model; loading them runs code from the files, so it must be "
+        "allowed explicitly",
     )
     hands_per_batch: int = Field(32, ge=1, description="hands per forward pass of the reconstruction network")
 
@@ -58,6 +61,11 @@ class WiLoRConfig(Strict):
     max_hands: int = Field(2, ge=1, le=64, description="hands per image, highest scores first")
     max_hands_limit: int = Field(16, ge=1, le=256, description="the largest max_hands a request may ask for")
     rescale_factor: float = Field(2.0, gt=1, le=10, description="crop enlargement of the hand box (WiLoR demo: 2.0)")
+    flat_hand_mean: bool = Field(
+        True,
+        description="hand_pose from the flat hand, as WiLoR's MANO layer takes it (true), or for a MANO that adds "
+        "hands_mean itself (false: WiLoR's pose minus hands_mean); a request's options.flat_hand_mean overrides it",
+    )
     max_pixels: int = Field(50_000_000, ge=1, description="refuse images with more pixels than this")
     max_frames: int = Field(512, ge=1, description="images or sequence frames per request (the item cap)")
     max_request_pixels: int = Field(

@@ -15,16 +15,21 @@ import numpy as np
 from modelyard.runtime.errors import InvalidInput
 from modelyard.wilor.hands import Hand
 
-# WiLoR's camera: focal length 5000 px on its 256 px crop (EXTRA.FOCAL_LENGTH, MODEL.IMAGE_SIZE); on the full
-# image its demo scales it to 5000 / 256 * max(W, H) with the principal point at the image centre.
-CROP_FOCAL_LENGTH = 5000.0
-CROP_SIZE = 256
+# WiLoR's camera: focal length EXTRA.FOCAL_LENGTH px on its MODEL.IMAGE_SIZE px crop; on the full image its demo
+# scales it to FOCAL_LENGTH / IMAGE_SIZE * max(W, H) with the principal point at the image centre. The upstream
+# backend reads both from the model's config; these are the published config's values, the camera the
+# mediapipe backend places its hands in.
+WILOR_FOCAL_LENGTH = 5000.0
+WILOR_IMAGE_SIZE = 256
 CROP_ASPECT = (192, 256)  # MODEL.BBOX_SHAPE (w, h): the ViT sees 256x192 of the square crop
 MIRROR_X = np.diag([-1.0, 1.0, 1.0])
 
 
-def default_focal_length(width: int, height: int) -> float:
-    return CROP_FOCAL_LENGTH / CROP_SIZE * max(width, height)
+def default_focal_length(
+    width: int, height: int, crop_focal_length: float = WILOR_FOCAL_LENGTH, crop_size: int = WILOR_IMAGE_SIZE
+) -> float:
+    """The full image's focal length in pixels for WiLoR's crop camera (`crop_focal_length` on `crop_size`)."""
+    return crop_focal_length / crop_size * max(width, height)
 
 
 # -- images ----------------------------------------------------------------------------------------------
@@ -102,6 +107,15 @@ def mirror_axis_angle(axis_angle: np.ndarray) -> np.ndarray:
 
 def mirror_points(points: np.ndarray) -> np.ndarray:
     return np.asarray(points) * np.array([-1.0, 1.0, 1.0])
+
+
+def hand_pose_from_mean(hand_pose: np.ndarray, is_right: bool, right_hands_mean: np.ndarray) -> np.ndarray:
+    """WiLoR's hand pose (15, 3) — the articulation from the flat hand, as its MANO layer (no hands_mean) takes
+    it — as the pose for a MANO that adds hands_mean itself (smplx's MANO with flat_hand_mean=False, the MANO
+    paper's convention): the same hand, minus the mean pose. Left hands use the left model's mean, the right
+    one's mirrored."""
+    mean = np.asarray(right_hands_mean, np.float64).reshape(15, 3)
+    return np.asarray(hand_pose, np.float64) - (mean if is_right else mirror_axis_angle(mean))
 
 
 # -- WiLoR's crop and camera -----------------------------------------------------------------------------

@@ -37,8 +37,9 @@ class Options:
     detection_confidence: float = 0.3
     max_hands: int = 2
     rescale_factor: float = 2.0
-    focal_length: float | None = None  # None: 5000/256 * max(W, H), WiLoR's default camera
+    focal_length: float | None = None  # None: FOCAL_LENGTH / IMAGE_SIZE * max(W, H), WiLoR's camera
     skip_vertices: bool = False
+    flat_hand_mean: bool = True  # hand_pose from the flat hand (WiLoR's); False: from MANO's hands_mean
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Hand:
     score: float | None = None  # detector confidence; None when no detector ran (given boxes, upstream)
     side_score: float | None = None  # probability of the side, when classified separately
     global_orient: np.ndarray | None = None  # (3,) axis-angle
-    hand_pose: np.ndarray | None = None  # (15, 3) axis-angle
+    hand_pose: np.ndarray | None = None  # (15, 3) axis-angle, see Options.flat_hand_mean
     betas: np.ndarray | None = None  # (10,)
     vertices: np.ndarray | None = None  # (778, 3) metres, camera frame
     given_index: int | None = None  # which given box this is

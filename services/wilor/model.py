@@ -36,7 +36,7 @@ class WiLoRAdapter(ModelAdapter[WiLoRConfig, Query, list[Hand]]):
 
     def default_options(self) -> Options:
         cfg = self.config
-        return Options(cfg.detection_confidence, cfg.max_hands, cfg.rescale_factor)
+        return Options(cfg.detection_confidence, cfg.max_hands, cfg.rescale_factor, flat_hand_mean=cfg.flat_hand_mean)
 
     @property
     def filled_fields(self) -> tuple[str, ...]:

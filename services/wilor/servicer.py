@@ -52,6 +52,7 @@ def parse_options(msg: wilor_pb2.DetectOptions, config: WiLoRConfig) -> Options:
         rescale_factor=config.rescale_factor if rescale is None else rescale,
         focal_length=focal,
         skip_vertices=msg.skip_vertices,
+        flat_hand_mean=msg.flat_hand_mean if msg.HasField("flat_hand_mean") else config.flat_hand_mean,
     )
 
 

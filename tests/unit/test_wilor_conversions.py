@@ -54,6 +54,24 @@ def test_crop_geometry_widens_boxes_to_wilors_aspect_like_its_dataset() -> None:
     assert np.allclose(sizes, [200.0, 200 * 256 / 192])
 
 
+def test_the_full_image_camera_scales_the_crop_camera_of_the_models_config() -> None:
+    assert cv.default_focal_length(640, 480) == pytest.approx(5000 / 256 * 640)  # the published config's
+    assert cv.default_focal_length(300, 400, crop_focal_length=4000.0, crop_size=224) == pytest.approx(4000 / 224 * 400)
+
+
+def test_hand_pose_from_the_mean_is_what_a_mano_adding_hands_mean_needs_for_the_same_hand() -> None:
+    """smplx's MANO (flat_hand_mean=False) poses the hand with hand_pose + hands_mean; WiLoR's layer with its
+    hand_pose alone. MANO's left model is the mirrored right one, hands_mean included."""
+    mean = random_axis_angle((15,), 0.5)
+    pose = random_axis_angle((15,), 1.0)
+    right = cv.hand_pose_from_mean(pose, True, mean)
+    assert np.allclose(right + mean, pose)
+    left = cv.hand_pose_from_mean(pose, False, mean)
+    assert np.allclose(left + cv.mirror_axis_angle(mean), pose)
+    # a left hand's answer is the mirror of the right hand's answer for the mirrored pose
+    assert np.allclose(cv.mirror_axis_angle(left), cv.hand_pose_from_mean(cv.mirror_axis_angle(pose), True, mean))
+
+
 def _synthetic_hand(is_right: bool, width: int = 640, height: int = 480) -> dict[str, np.ndarray | float]:
     """A hand in a full-image camera and what WiLoR would output for it (its left crops are mirrored)."""
     local = RNG.normal(scale=0.03, size=(21, 3))  # joints in the MANO frame, metres

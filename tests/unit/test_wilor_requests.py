@@ -29,6 +29,14 @@ def test_unset_options_take_the_config_defaults() -> None:
     assert given.rescale_factor == 1.5 and given.focal_length == 900.0 and given.skip_vertices
 
 
+def test_the_hand_pose_convention_is_the_configs_unless_the_request_chooses() -> None:
+    assert parse_options(wilor_pb2.DetectOptions(), CONFIG).flat_hand_mean is True  # WiLoR's own
+    from_mean = WiLoRConfig(flat_hand_mean=False)
+    assert parse_options(wilor_pb2.DetectOptions(), from_mean).flat_hand_mean is False
+    assert parse_options(options_message(flat_hand_mean=True), from_mean).flat_hand_mean is True
+    assert parse_options(options_message(flat_hand_mean=False), CONFIG).flat_hand_mean is False
+
+
 @pytest.mark.parametrize(
     ("options", "hint"),
     [

@@ -15,31 +15,31 @@ _sym_db = _symbol_database.Default()
 from modelyard.v1 import types_pb2 as modelyard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18modelyard/v1/wilor.proto\x12\x0cmodelyard.v1\x1a\x18modelyard/v1/types.proto\"\xe4\x01\n\rDetectOptions\x12!\n\x14\x64\x65tection_confidence\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\tmax_hands\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0erescale_factor\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x19\n\x0c\x66ocal_length\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x15\n\rskip_vertices\x18\x05 \x01(\x08\x42\x17\n\x15_detection_confidenceB\x0c\n\n_max_handsB\x11\n\x0f_rescale_factorB\x0f\n\r_focal_length\"U\n\tGivenHand\x12\"\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x15.modelyard.v1.BoxXYXY\x12$\n\x04side\x18\x02 \x01(\x0e\x32\x16.modelyard.v1.HandSide\"X\n\nDetectItem\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.modelyard.v1.Image\x12&\n\x05hands\x18\x02 \x03(\x0b\x32\x17.modelyard.v1.GivenHand\"_\n\rFrameSequence\x12\"\n\x03ref\x18\x01 \x01(\x0b\x32\x15.modelyard.v1.DataRef\x12\r\n\x05start\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\r\"\x96\x01\n\rDetectRequest\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.DetectItem\x12-\n\x08sequence\x18\x02 \x01(\x0b\x32\x1b.modelyard.v1.FrameSequence\x12,\n\x07options\x18\x03 \x01(\x0b\x32\x1b.modelyard.v1.DetectOptions\"\x99\x04\n\x04Hand\x12\"\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x15.modelyard.v1.BoxXYXY\x12$\n\x04side\x18\x02 \x01(\x0e\x32\x16.modelyard.v1.HandSide\x12\x12\n\x05score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nside_score\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12*\n\x0ckeypoints_2d\x18\x05 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12*\n\x0ckeypoints_3d\x18\x06 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12+\n\rglobal_orient\x18\x07 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12\'\n\thand_pose\x18\x08 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12#\n\x05\x62\x65tas\x18\t \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12&\n\x08vertices\x18\n \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12\x30\n\x12\x63\x61mera_translation\x18\x0b \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12\x19\n\x0c\x66ocal_length\x18\x0c \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x0bgiven_index\x18\r \x01(\x05H\x03\x88\x01\x01\x42\x08\n\x06_scoreB\r\n\x0b_side_scoreB\x0f\n\r_focal_lengthB\x0e\n\x0c_given_index\"c\n\nImageHands\x12!\n\x05hands\x18\x01 \x03(\x0b\x32\x12.modelyard.v1.Hand\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"|\n\x0e\x44\x65tectResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.ImageHands\x12\x15\n\rfilled_fields\x18\x02 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x17\n\x0fsequence_frames\x18\x04 \x01(\x05*N\n\x08HandSide\x12\x19\n\x15HAND_SIDE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHAND_SIDE_LEFT\x10\x01\x12\x13\n\x0fHAND_SIDE_RIGHT\x10\x02\x32\x88\x01\n\x05WiLoR\x12\x43\n\x06\x44\x65tect\x12\x1b.modelyard.v1.DetectRequest\x1a\x1c.modelyard.v1.DetectResponse\x12:\n\x04Info\x12\x19.modelyard.v1.InfoRequest\x1a\x17.modelyard.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18modelyard/v1/wilor.proto\x12\x0cmodelyard.v1\x1a\x18modelyard/v1/types.proto\"\x94\x02\n\rDetectOptions\x12!\n\x14\x64\x65tection_confidence\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\tmax_hands\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0erescale_factor\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x19\n\x0c\x66ocal_length\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x15\n\rskip_vertices\x18\x05 \x01(\x08\x12\x1b\n\x0e\x66lat_hand_mean\x18\x06 \x01(\x08H\x04\x88\x01\x01\x42\x17\n\x15_detection_confidenceB\x0c\n\n_max_handsB\x11\n\x0f_rescale_factorB\x0f\n\r_focal_lengthB\x11\n\x0f_flat_hand_mean\"U\n\tGivenHand\x12\"\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x15.modelyard.v1.BoxXYXY\x12$\n\x04side\x18\x02 \x01(\x0e\x32\x16.modelyard.v1.HandSide\"X\n\nDetectItem\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.modelyard.v1.Image\x12&\n\x05hands\x18\x02 \x03(\x0b\x32\x17.modelyard.v1.GivenHand\"_\n\rFrameSequence\x12\"\n\x03ref\x18\x01 \x01(\x0b\x32\x15.modelyard.v1.DataRef\x12\r\n\x05start\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\r\"\x96\x01\n\rDetectRequest\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.DetectItem\x12-\n\x08sequence\x18\x02 \x01(\x0b\x32\x1b.modelyard.v1.FrameSequence\x12,\n\x07options\x18\x03 \x01(\x0b\x32\x1b.modelyard.v1.DetectOptions\"\x99\x04\n\x04Hand\x12\"\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x15.modelyard.v1.BoxXYXY\x12$\n\x04side\x18\x02 \x01(\x0e\x32\x16.modelyard.v1.HandSide\x12\x12\n\x05score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nside_score\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12*\n\x0ckeypoints_2d\x18\x05 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12*\n\x0ckeypoints_3d\x18\x06 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12+\n\rglobal_orient\x18\x07 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12\'\n\thand_pose\x18\x08 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12#\n\x05\x62\x65tas\x18\t \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12&\n\x08vertices\x18\n \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12\x30\n\x12\x63\x61mera_translation\x18\x0b \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12\x19\n\x0c\x66ocal_length\x18\x0c \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x0bgiven_index\x18\r \x01(\x05H\x03\x88\x01\x01\x42\x08\n\x06_scoreB\r\n\x0b_side_scoreB\x0f\n\r_focal_lengthB\x0e\n\x0c_given_index\"c\n\nImageHands\x12!\n\x05hands\x18\x01 \x03(\x0b\x32\x12.modelyard.v1.Hand\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"|\n\x0e\x44\x65tectResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.ImageHands\x12\x15\n\rfilled_fields\x18\x02 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x17\n\x0fsequence_frames\x18\x04 \x01(\x05*N\n\x08HandSide\x12\x19\n\x15HAND_SIDE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHAND_SIDE_LEFT\x10\x01\x12\x13\n\x0fHAND_SIDE_RIGHT\x10\x02\x32\x88\x01\n\x05WiLoR\x12\x43\n\x06\x44\x65tect\x12\x1b.modelyard.v1.DetectRequest\x1a\x1c.modelyard.v1.DetectResponse\x12:\n\x04Info\x12\x19.modelyard.v1.InfoRequest\x1a\x17.modelyard.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelyard.v1.wilor_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_HANDSIDE']._serialized_start=1493
-  _globals['_HANDSIDE']._serialized_end=1571
+  _globals['_HANDSIDE']._serialized_start=1541
+  _globals['_HANDSIDE']._serialized_end=1619
   _globals['_DETECTOPTIONS']._serialized_start=69
-  _globals['_DETECTOPTIONS']._serialized_end=297
-  _globals['_GIVENHAND']._serialized_start=299
-  _globals['_GIVENHAND']._serialized_end=384
-  _globals['_DETECTITEM']._serialized_start=386
-  _globals['_DETECTITEM']._serialized_end=474
-  _globals['_FRAMESEQUENCE']._serialized_start=476
-  _globals['_FRAMESEQUENCE']._serialized_end=571
-  _globals['_DETECTREQUEST']._serialized_start=574
-  _globals['_DETECTREQUEST']._serialized_end=724
-  _globals['_HAND']._serialized_start=727
-  _globals['_HAND']._serialized_end=1264
-  _globals['_IMAGEHANDS']._serialized_start=1266
-  _globals['_IMAGEHANDS']._serialized_end=1365
-  _globals['_DETECTRESPONSE']._serialized_start=1367
-  _globals['_DETECTRESPONSE']._serialized_end=1491
-  _globals['_WILOR']._serialized_start=1574
-  _globals['_WILOR']._serialized_end=1710
+  _globals['_DETECTOPTIONS']._serialized_end=345
+  _globals['_GIVENHAND']._serialized_start=347
+  _globals['_GIVENHAND']._serialized_end=432
+  _globals['_DETECTITEM']._serialized_start=434
+  _globals['_DETECTITEM']._serialized_end=522
+  _globals['_FRAMESEQUENCE']._serialized_start=524
+  _globals['_FRAMESEQUENCE']._serialized_end=619
+  _globals['_DETECTREQUEST']._serialized_start=622
+  _globals['_DETECTREQUEST']._serialized_end=772
+  _globals['_HAND']._serialized_start=775
+  _globals['_HAND']._serialized_end=1312
+  _globals['_IMAGEHANDS']._serialized_start=1314
+  _globals['_IMAGEHANDS']._serialized_end=1413
+  _globals['_DETECTRESPONSE']._serialized_start=1415
+  _globals['_DETECTRESPONSE']._serialized_end=1539
+  _globals['_WILOR']._serialized_start=1622
+  _globals['_WILOR']._serialized_end=1758
 # @@protoc_insertion_point(module_scope)

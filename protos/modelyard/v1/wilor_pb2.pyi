@@ -17,18 +17,20 @@ HAND_SIDE_LEFT: HandSide
 HAND_SIDE_RIGHT: HandSide
 
 class DetectOptions(_message.Message):
-    __slots__ = ("detection_confidence", "max_hands", "rescale_factor", "focal_length", "skip_vertices")
+    __slots__ = ("detection_confidence", "max_hands", "rescale_factor", "focal_length", "skip_vertices", "flat_hand_mean")
     DETECTION_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MAX_HANDS_FIELD_NUMBER: _ClassVar[int]
     RESCALE_FACTOR_FIELD_NUMBER: _ClassVar[int]
     FOCAL_LENGTH_FIELD_NUMBER: _ClassVar[int]
     SKIP_VERTICES_FIELD_NUMBER: _ClassVar[int]
+    FLAT_HAND_MEAN_FIELD_NUMBER: _ClassVar[int]
     detection_confidence: float
     max_hands: int
     rescale_factor: float
     focal_length: float
     skip_vertices: bool
-    def __init__(self, detection_confidence: _Optional[float] = ..., max_hands: _Optional[int] = ..., rescale_factor: _Optional[float] = ..., focal_length: _Optional[float] = ..., skip_vertices: bool = ...) -> None: ...
+    flat_hand_mean: bool
+    def __init__(self, detection_confidence: _Optional[float] = ..., max_hands: _Optional[int] = ..., rescale_factor: _Optional[float] = ..., focal_length: _Optional[float] = ..., skip_vertices: bool = ..., flat_hand_mean: bool = ...) -> None: ...
 
 class GivenHand(_message.Message):
     __slots__ = ("box", "side")

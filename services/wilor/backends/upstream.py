@@ -7,32 +7,31 @@ it, with what the demo leaves out filled in.
   for the hands of every frame of the batch, `hands_per_batch` hands per forward pass.
 - Outputs (conversions.wilor_hands): left hands un-mirrored — joints, vertices and MANO rotations, axis-angle
   for the MANO left-hand model; 2D keypoints in full-image pixels; 3D joints, vertices and the camera
-  translation in the full image's camera (focal 5000/256 * max(W,H) unless the request gives one).
+  translation in the full image's camera (focal EXTRA.FOCAL_LENGTH / MODEL.IMAGE_SIZE * max(W,H), both from the
+  model's config, unless the request gives one). hand_pose is the articulation from the flat hand (WiLoR's MANO
+  layer adds no hands_mean), or from MANO's mean pose when the request asks (options.flat_hand_mean false).
 
-Needs WiLoR's own environment (its requirements: torch, smplx, pytorch-lightning, ultralytics, pyrender, ...)
-plus modelyard; nothing of WiLoR is shipped or fetched here. The checkout is put on sys.path: this process
-runs only this model, so its `wilor` package cannot clash with anything.
+Runs with the packages of the `wilor-upstream` extra (torch, smplx, pytorch-lightning, ultralytics, yacs, ...)
+plus modelyard; no pyrender, no chumpy (upstream_load.py). Nothing of WiLoR is shipped or fetched here. The
+checkout is put on sys.path: this process runs only this model, so its `wilor` package cannot clash with anything.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from modelyard.runtime.errors import ConfigError
 from modelyard.runtime.host import sha256_of
-from modelyard.wilor.config import UpstreamSettings, WiLoRConfig
-from modelyard.wilor.conversions import default_focal_length, rgb_to_bgr, wilor_hands
+from modelyard.wilor.backends.upstream_load import build_network, import_upstream, load_detector
+from modelyard.wilor.config import WiLoRConfig
+from modelyard.wilor.conversions import default_focal_length, hand_pose_from_mean, rgb_to_bgr, wilor_hands
 from modelyard.wilor.hands import ALWAYS_FILLED, MANO_FIELDS, Hand, Query
 
 log = logging.getLogger("modelyard.wilor")
-MANO_FILES = ("MANO_RIGHT.pkl", "mano_mean_params.npz")
 
 
 @dataclass(frozen=True)
@@ -43,65 +42,6 @@ class _Pending:
     box: np.ndarray
     score: float | None
     given: int | None
-
-
-def _import_upstream(checkout: Path) -> tuple[Any, Any, Any, Any]:
-    """WiLoR's model class, config reader and crop dataset, and Ultralytics' YOLO, from the checkout."""
-    if not (checkout / "wilor" / "models").is_dir():
-        raise ConfigError(f"{checkout} is not a WiLoR checkout: it has no wilor/models folder")
-    if str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
-    try:
-        from ultralytics import YOLO
-
-        from wilor.configs import get_config
-        from wilor.datasets.vitdet_dataset import ViTDetDataset
-        from wilor.models import WiLoR
-    except Exception as exc:  # ImportError, or EGL/OpenGL errors from pyrender's import
-        raise ConfigError(
-            f"the WiLoR code in {checkout} cannot be imported ({type(exc).__name__}: {exc}). Run this backend in "
-            "WiLoR's own environment (Python 3.10, its requirements.txt); if pyrender fails on EGL, set "
-            "PYOPENGL_PLATFORM=osmesa or install the EGL libraries — nothing is rendered here"
-        ) from None
-    return WiLoR, get_config, ViTDetDataset, YOLO
-
-
-def _model_config(get_config: Any, settings: UpstreamSettings) -> Any:
-    """WiLoR's config as its load_wilor prepares it, with MANO read from the configured folder (not ./mano_data)."""
-    missing = [name for name in MANO_FILES if not (settings.mano_dir / name).is_file()]
-    if missing:
-        raise ConfigError(
-            f"{settings.mano_dir} lacks {', '.join(missing)}: MANO_RIGHT.pkl comes from the MANO website "
-            "(registration), mano_mean_params.npz from the WiLoR checkout's mano_data/"
-        )
-    cfg = get_config(str(settings.config), update_cachedir=False)
-    cfg.defrost()
-    if "vit" in str(cfg.MODEL.BACKBONE.TYPE) and "BBOX_SHAPE" not in cfg.MODEL:
-        cfg.MODEL.BBOX_SHAPE = [192, 256]
-    if "PRETRAINED_WEIGHTS" in cfg.MODEL.BACKBONE:
-        cfg.MODEL.BACKBONE.pop("PRETRAINED_WEIGHTS")
-    cfg.MANO.DATA_DIR = str(settings.mano_dir)
-    cfg.MANO.MODEL_PATH = str(settings.mano_dir)
-    cfg.MANO.MEAN_PARAMS = str(settings.mano_dir / "mano_mean_params.npz")
-    cfg.freeze()
-    return cfg
-
-
-def _read_state_dict(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
-    try:
-        checkpoint: Any = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as exc:
-        if not trust_pickle and ("weights_only" in str(exc) or "Unpickl" in type(exc).__name__):
-            raise ConfigError(
-                f"checkpoint {path} holds Python objects besides tensors (WiLoR's Lightning checkpoints keep their "
-                "config in it), which are not loaded by default; if you trust the file, set "
-                "model.upstream.trust_checkpoint_pickle: true"
-            ) from None
-        raise ConfigError(f"checkpoint {path} cannot be read by torch.load: {exc}") from None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ConfigError(f"checkpoint {path} has no 'state_dict': not a WiLoR (Lightning) checkpoint")
-    return state
 
 
 class UpstreamWiLoR:
@@ -116,20 +56,17 @@ class UpstreamWiLoR:
 
     def load(self) -> None:
         s = self.settings
-        wilor_class, get_config, self._dataset, yolo = _import_upstream(s.checkout)
-        self.model_cfg = _model_config(get_config, s)
-        model = wilor_class(self.model_cfg, init_renderer=False)
-        result = model.load_state_dict(_read_state_dict(s.checkpoint, s.trust_checkpoint_pickle), strict=False)
-        # WiLoR loads non-strictly (its checkpoint also holds the training discriminator); the parts that
-        # predict must all be there.
-        missing = [k for k in result.missing_keys if k.startswith(("backbone.", "refine_net."))]
-        if missing:
-            raise ConfigError(
-                f"checkpoint {s.checkpoint} lacks {len(missing)} weights of the network "
-                f"(e.g. {', '.join(missing[:3])}): not wilor_final.ckpt, or another WiLoR version than the checkout's"
-            )
-        self.model = model.to(self.device).eval()
-        self.detector = yolo(str(s.detector))
+        code = import_upstream(s.checkout)
+        self._dataset = code.dataset
+        network = build_network(code, s)
+        self.model_cfg = network.cfg
+        self.hands_mean = network.hands_mean
+        # The crop camera: EXTRA.FOCAL_LENGTH px on a MODEL.IMAGE_SIZE px crop, as WiLoR's demo reads them.
+        self.crop_focal_length = float(self.model_cfg.EXTRA.FOCAL_LENGTH)
+        self.crop_size = int(self.model_cfg.MODEL.IMAGE_SIZE)
+        self.model = network.model.to(self.device).eval()
+        self.detector = load_detector(code, s)
+        self.ultralytics_version = code.ultralytics_version
         self.checkpoint_sha256 = sha256_of(s.checkpoint)
 
     def close(self) -> None:
@@ -145,11 +82,16 @@ class UpstreamWiLoR:
             "checkpoint": str(s.checkpoint),
             "checkpoint_sha256": self.checkpoint_sha256,
             "architecture": {
-                "image_size": int(self.model_cfg.MODEL.IMAGE_SIZE),
+                "image_size": self.crop_size,
                 "bbox_shape": list(self.model_cfg.MODEL.BBOX_SHAPE),
-                "focal_length": float(self.model_cfg.EXTRA.FOCAL_LENGTH),
+                "focal_length": self.crop_focal_length,
             },
-            "details": {"checkout": str(s.checkout), "detector": str(s.detector), "mano_dir": str(s.mano_dir)},
+            "details": {
+                "checkout": str(s.checkout),
+                "detector": str(s.detector),
+                "mano_dir": str(s.mano_dir),
+                "ultralytics": self.ultralytics_version,
+            },
         }
 
     # -- inference ------------------------------------------------------------------------------------
@@ -228,11 +170,14 @@ class UpstreamWiLoR:
         options = [queries[p.query].options for p in pending]
         focal = np.array(
             [
-                opts.focal_length or default_focal_length(queries[p.query].width, queries[p.query].height)
+                opts.focal_length
+                or default_focal_length(
+                    queries[p.query].width, queries[p.query].height, self.crop_focal_length, self.crop_size
+                )
                 for p, opts in zip(pending, options, strict=True)
             ]
         )
-        return wilor_hands(
+        hands = wilor_hands(
             host,
             boxes=np.array([p.box for p in pending]),
             is_right=batch["right"].detach().cpu().numpy() > 0.5,
@@ -244,3 +189,7 @@ class UpstreamWiLoR:
             given_index=[p.given for p in pending],
             skip_vertices=[opts.skip_vertices for opts in options],
         )
+        for hand, opts in zip(hands, options, strict=True):
+            if not opts.flat_hand_mean and hand.hand_pose is not None:
+                hand.hand_pose = hand_pose_from_mean(hand.hand_pose, hand.is_right, self.hands_mean).astype(np.float32)
+        return hands
