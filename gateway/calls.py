@@ -20,6 +20,7 @@ import grpc
 from pydantic import Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
+from modelyard.gateway import cancel
 from modelyard.runtime.client import REQUEST_ID
 from modelyard.runtime.config import Strict
 from modelyard.runtime.devices import MIB
@@ -104,6 +105,7 @@ class ServiceClient:
                 rpc, request_id, state.outcome.exception() if state.outcome else None
             ),
             reraise=True,
+            sleep=cancel.sleep,  # a cancelled job does not sit out its back-off
         )
         started = time.monotonic()
         try:
@@ -112,7 +114,9 @@ class ServiceClient:
                     with attempt:
                         stub = self._stubs[(start + attempts) % len(self._stubs)]  # failover: next replica
                         attempts += 1
-                        response = getattr(stub, rpc)(request, timeout=cfg.attempt_timeout_s, metadata=metadata)
+                        call = getattr(stub, rpc).future(request, timeout=cfg.attempt_timeout_s, metadata=metadata)
+                        with cancel.tracking(call):  # `jobs cancel` and shutdown cancel it in flight
+                            response = call.result()
             if self._on_call:
                 self._on_call(self.name, rpc, time.monotonic() - started, True)
             return response

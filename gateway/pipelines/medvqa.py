@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from modelyard.gateway import files
+from modelyard.gateway.inputs import plain, read_regular
 from modelyard.gateway.jobs import Item, ItemState, JobRecord
 from modelyard.gateway.pipeline import Pipeline, StepContext
 from modelyard.gateway.pipelines.tables import parse_boxes, parse_regions, read_table
@@ -204,7 +205,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
         o = ctx.options
         p = item.payload
         image_path = confined(ctx.data_root, p["image"])
-        data = image_path.read_bytes()
+        data = read_regular(image_path, f"image {p['image']}")  # a FIFO or a folder fails this item, never blocks
         image = _decode(data, p["image"])
         stem = Path(p["image"]).stem + f"_idx{p['index']}" + (f"_{_slug(p['region'])}" if p["region"] else "")
         prompts = self._prompts(p, o)
@@ -381,8 +382,10 @@ def _decode(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+    except Image.UnidentifiedImageError:
+        raise InvalidInput(f"image {name} is not in an image format the gateway reads (PNG, JPEG, TIFF, ...)") from None
     except Exception as exc:
-        raise InvalidInput(f"image {name} cannot be decoded: {exc}") from None
+        raise InvalidInput(f"image {name} cannot be decoded: {plain(str(exc))}") from None
 
 
 def _encode(picture: np.ndarray, suffix: str) -> bytes:
