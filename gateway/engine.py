@@ -3,6 +3,7 @@ state change recorded before it is announced, progress to any number of watchers
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -231,6 +232,8 @@ class Engine:
 
     def _announce(self, event: Event, jid: str, run: _Run) -> None:
         event.job.request = run.request  # one copy per run, not one per event kept in the history
+        if event.item is not None:  # a snapshot: the worker goes on changing its item
+            event.item = copy.copy(event.item)
         with self._lock:
             self._history.setdefault(jid, []).append(event)
             for inbox in self._watchers.get(jid, []):
