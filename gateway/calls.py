@@ -26,6 +26,7 @@ from pydantic import Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 from tenacity.stop import stop_base
 
+from modelyard.gateway import cancel
 from modelyard.runtime.auth import bearer_metadata
 from modelyard.runtime.client import RECONNECT_OPTIONS, REQUEST_ID, token_from
 from modelyard.runtime.config import ExistingFile, Strict
@@ -156,6 +157,7 @@ class ServiceClient:
                 rpc, request_id, state.outcome.exception() if state.outcome else None
             ),
             reraise=True,
+            sleep=cancel.sleep,  # a cancelled job does not sit out its back-off
         )
         started = time.monotonic()
         try:
@@ -166,7 +168,11 @@ class ServiceClient:
                         # No attempt outlives max_total_s: it is what bounds the call, waits included.
                         timeout = min(cfg.attempt_timeout_s, max(cfg.max_total_s - (time.monotonic() - started), 0.1))
                         stub = self._stubs[self._replica(start + attempts - 1)]  # failover: the next replica
-                        response = getattr(stub, rpc)(request, timeout=timeout, metadata=metadata, wait_for_ready=True)
+                        call = getattr(stub, rpc).future(
+                            request, timeout=timeout, metadata=metadata, wait_for_ready=True
+                        )
+                        with cancel.tracking(call):  # `jobs cancel` and shutdown cancel it in flight
+                            response = call.result()
             if self._on_call:
                 self._on_call(self.name, rpc, time.monotonic() - started, True)
             return response

@@ -31,6 +31,18 @@ class GatewayConfig(Strict):
     token_file: ExistingFile | None = Field(None, description="require `authorization: Bearer <token>`")
     tls: TlsConfig | None = None
     resume_on_start: bool = Field(True, description="resume jobs that were running when the gateway stopped")
+    max_item_attempts: int = Field(
+        3,
+        ge=1,
+        description="an item cut short this many times (the gateway crashed, was killed or hung while it ran) "
+        "is failed with its attempt count instead of being resumed again",
+    )
+    drain_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="SIGTERM: running items get this long to finish, then their calls are cancelled; "
+        "the gateway is gone within drain_seconds + 5 s and its jobs resume on restart",
+    )
 
     @property
     def store_path(self) -> Path:

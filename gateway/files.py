@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,6 +17,21 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what write_atomic's mkstemp names look like
+
+
+def remove_orphans(folder: Path) -> int:
+    """Delete the temporary files a gateway killed mid-write left in `folder` and below (never a finished
+    output: those were renamed into place). Returns how many were removed."""
+    removed = 0
+    for parent, _, names in os.walk(folder):  # does not follow symlinked folders
+        for name in names:
+            path = Path(parent) / name
+            if _TEMP.match(name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:

@@ -73,10 +73,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS items (
   job_id TEXT NOT NULL, key TEXT NOT NULL, position INTEGER NOT NULL, payload TEXT NOT NULL,
   state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
-  outputs TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL,
+  outputs TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL, interrupted INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (job_id, key)
 );
 """
+# `interrupted`: runs of the item that never ended, because the gateway crashed, was killed or hung while it
+# ran; counted when the job resumes, reset when the item ends. Stores written before it get the column added.
+_MIGRATIONS = ("ALTER TABLE items ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0",)
+POISONED = "failed after {attempts} attempts: the gateway stopped or hung while this item ran, each time"
 
 
 class JobStore:
@@ -87,6 +91,10 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+        if "interrupted" not in columns:
+            for sql in _MIGRATIONS:
+                self._db.execute(sql)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -97,9 +105,20 @@ class JobStore:
             self._db.execute(sql, args)
 
     # -- jobs -----------------------------------------------------------------------------------------
-    def open_job(self, pipeline: str, request: dict[str, Any], items: list[Item]) -> tuple[JobRecord, bool]:
+    def open_job(
+        self,
+        pipeline: str,
+        request: dict[str, Any],
+        items: list[Item],
+        max_interrupted: int = 3,
+        automatic: bool = False,
+    ) -> tuple[JobRecord, bool]:
         """Create the job with all its items, or return the existing one (resumed: failed and interrupted
-        items go back to pending, done ones stay done). Returns (job, resumed)."""
+        items go back to pending, done ones stay done). Returns (job, resumed).
+
+        An item whose runs were cut short `max_interrupted` times (it crashes or wedges the gateway) is failed
+        with its attempt count instead; an `automatic` resume (the gateway restarting) leaves such an item failed,
+        a user's rerun tries it once more."""
         jid = job_id(pipeline, request)
         now = time.time()
         with self._lock:
@@ -110,9 +129,20 @@ class JobStore:
                 if resumed:
                     self._db.execute("UPDATE jobs SET state = ?, updated = ?, error = '' WHERE id = ?",
                                      (JobState.QUEUED.value, now, jid))  # fmt: skip
+                    running, failed = ItemState.RUNNING.value, ItemState.FAILED.value
                     self._db.execute(
-                        "UPDATE items SET state = ?, updated = ? WHERE job_id = ? AND state IN (?, ?)",
-                        (ItemState.PENDING.value, now, jid, ItemState.FAILED.value, ItemState.RUNNING.value),
+                        "UPDATE items SET interrupted = interrupted + 1 WHERE job_id = ? AND state = ?", (jid, running)
+                    )
+                    self._db.execute(
+                        "UPDATE items SET state = ?, error = REPLACE(?, '{attempts}', attempts), updated = ? "
+                        "WHERE job_id = ? AND state = ? AND interrupted >= ?",
+                        (failed, POISONED, now, jid, running, max_interrupted),
+                    )
+                    keep = max_interrupted if automatic else 1 << 62  # poisoned items stay failed on a restart
+                    self._db.execute(
+                        "UPDATE items SET state = ?, updated = ? WHERE job_id = ? AND "
+                        "(state = ? OR (state = ? AND interrupted < ?))",
+                        (ItemState.PENDING.value, now, jid, running, failed, keep),
                     )
                 else:
                     self._db.execute(
@@ -175,13 +205,14 @@ class JobStore:
     def finish_item(self, jid: str, key: str, outputs: dict[str, Any]) -> None:
         """Call only after the item's files are in place (written atomically)."""
         self._write(
-            "UPDATE items SET state = ?, outputs = ?, error = '', updated = ? WHERE job_id = ? AND key = ?",
+            "UPDATE items SET state = ?, outputs = ?, error = '', interrupted = 0, updated = ? "
+            "WHERE job_id = ? AND key = ?",
             (ItemState.DONE.value, json.dumps(outputs), time.time(), jid, key),
         )
 
     def fail_item(self, jid: str, key: str, error: str) -> None:
         self._write(
-            "UPDATE items SET state = ?, error = ?, updated = ? WHERE job_id = ? AND key = ?",
+            "UPDATE items SET state = ?, error = ?, interrupted = 0, updated = ? WHERE job_id = ? AND key = ?",
             (ItemState.FAILED.value, error, time.time(), jid, key),
         )
 

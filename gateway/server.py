@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from modelyard.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger("modelyard.gateway")
 SERVICE_NAME = "modelyard.v1.Gateway"
+EXIT_MARGIN_S = 4.0  # past drain_seconds: the engine gives up on stuck workers before this
 
 
 class _Forward(Collector):
@@ -170,10 +172,19 @@ def build_engine(config: GatewayConfig, metrics: GatewayMetrics | None = None) -
     if unknown:
         raise ConfigError(f"unknown services in the gateway config: {', '.join(unknown)}; known: {', '.join(STUBS)}")
     store = JobStore(config.store_path)
-    return Engine(store, dict(PIPELINES), clients, config.data_root, config.workers, config.max_running_jobs)
+    return Engine(
+        store,
+        dict(PIPELINES),
+        clients,
+        config.data_root,
+        config.workers,
+        config.max_running_jobs,
+        config.max_item_attempts,
+    )
 
 
 def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | None) -> int:
+    """Serve until SIGTERM or SIGINT, then drain (`drain_seconds`) and leave the process."""
     logs.configure()
     try:
         config = load_gateway_config(config_path)
@@ -210,14 +221,36 @@ def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | No
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening", extra={"fields": {"service": "gateway", "port": bound, "data_root": str(config.data_root)}})
     if config.resume_on_start:
-        resumed = engine.resume_unfinished()
+        resumed = engine.resume_unfinished()  # items that keep wedging the gateway are failed, not resumed
         if resumed:
             log.info("resumed jobs", extra={"fields": {"service": "gateway", "jobs": resumed}})
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    _exit_after(config.drain_seconds + EXIT_MARGIN_S)  # whatever an item is doing, the gateway ends
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server.stop(10).wait()
-    return 0
+    stopped = server.stop(config.drain_seconds)  # new calls refused; streams end when their jobs' runs do
+    if not engine.shutdown(config.drain_seconds):
+        log.warning("items still running after the drain; they count as interrupted when their jobs resume",
+                    extra={"fields": {"service": "gateway"}})  # fmt: skip
+    stopped.wait(1.0)
+    engine.store.close()
+    # Leave now: the interpreter's own teardown (gRPC's core, worker threads) took 7-10 s here, eating into the
+    # bound an orchestrator relies on; every record is committed, nothing is left to flush but the logs.
+    logging.shutdown()
+    os._exit(0)
+
+
+def _exit_after(seconds: float) -> None:
+    """A worker stuck where no cancel reaches (a read the OS never ends) must not keep the process alive."""
+
+    def leave() -> None:
+        log.warning("drain exceeded; exiting", extra={"fields": {"service": "gateway"}})
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, leave)
+    timer.daemon = True
+    timer.start()

@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from modelyard.gateway import files
+from modelyard.gateway.inputs import read_regular
 from modelyard.gateway.jobs import Item, ItemState, JobRecord
 from modelyard.gateway.pipeline import Pipeline, StepContext
 from modelyard.gateway.pipelines.tables import parse_boxes, parse_regions, read_table
@@ -207,7 +208,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
         o = ctx.options
         p = item.payload
         image_path = confined(ctx.data_root, p["image"])
-        data = image_path.read_bytes()
+        data = read_regular(image_path, f"image {p['image']}")  # a FIFO or a folder fails this item, never blocks
         image = _decode(data, p["image"])
         stem = Path(p["image"]).stem + f"_idx{p['index']}" + (f"_{_slug(p['region'])}" if p["region"] else "")
         prompts = self._prompts(p, o)

@@ -13,9 +13,11 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from modelyard.gateway.inputs import open_regular, plain, read_regular
 from modelyard.runtime.errors import InvalidInput
 
 
@@ -35,11 +37,17 @@ def vipe_videos(folder: Path) -> list[str]:
     return sorted(p.stem for p in (folder / "rgb").glob("*.mp4"))
 
 
-def load_npz(path: Path) -> RGBD:
+def _npz(path: Path, shown: str) -> Any:
+    """An .npz read only if it is a regular file (a FIFO would block forever), pickles refused."""
+    data = read_regular(path, shown)
     try:
-        data = np.load(path)
+        return np.load(io.BytesIO(data))
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise InvalidInput(f"{path.name} is not a readable .npz: {exc}") from None
+        raise InvalidInput(f"{shown} is not a readable .npz: {plain(str(exc))}") from None
+
+
+def load_npz(path: Path) -> RGBD:
+    data = _npz(path, path.name)
     missing = [k for k in ("video", "depths", "intrinsics") if k not in data]
     if missing:
         raise InvalidInput(f"{path.name} lacks {', '.join(missing)} (hand3d needs RGB-D with cameras)")
@@ -67,6 +75,7 @@ def _decode_exr(data: bytes, name: str) -> np.ndarray:
 def load_vipe(folder: Path, name: str) -> RGBD:
     import cv2
 
+    os.close(open_regular(folder / "rgb" / f"{name}.mp4", f"ViPE video rgb/{name}.mp4"))  # not a FIFO, a folder
     capture = cv2.VideoCapture(str(folder / "rgb" / f"{name}.mp4"))
     frames = []
     while True:
@@ -78,11 +87,12 @@ def load_vipe(folder: Path, name: str) -> RGBD:
     if not frames:
         raise InvalidInput(f"ViPE video rgb/{name}.mp4 has no readable frames")
     video = np.stack(frames)
-    pose = np.load(folder / "pose" / f"{name}.npz")
+    pose = _npz(folder / "pose" / f"{name}.npz", f"ViPE pose/{name}.npz")
     cam_to_world = np.asarray(pose["data"], np.float64)
     inds = np.asarray(pose["inds"]) if "inds" in pose else np.arange(len(cam_to_world))
-    intr = np.asarray(np.load(folder / "intrinsics" / f"{name}.npz")["data"], np.float64)
-    with zipfile.ZipFile(folder / "depth" / f"{name}.zip") as archive:
+    intr = np.asarray(_npz(folder / "intrinsics" / f"{name}.npz", f"ViPE intrinsics/{name}.npz")["data"], np.float64)
+    depth_zip = read_regular(folder / "depth" / f"{name}.zip", f"ViPE depth/{name}.zip")
+    with zipfile.ZipFile(io.BytesIO(depth_zip)) as archive:
         names = sorted(n for n in archive.namelist() if n.lower().endswith(".exr"))
         depths = np.stack([_decode_exr(archive.read(n), n) for n in names])
     t = min(len(video), len(inds), len(depths), len(intr))

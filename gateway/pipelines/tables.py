@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from modelyard.gateway.inputs import read_regular
 from modelyard.runtime.errors import InvalidInput
 
 
@@ -14,15 +16,13 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
         raise InvalidInput(f"{path.name}: unsupported table format '{suffix}'; use .csv, .jsonl or .parquet")
-    if not path.is_file():  # a folder, or a FIFO whose reading would never end
-        raise InvalidInput(f"{path.name} is not a regular file")
+    data = read_regular(path, path.name)  # a folder, or a FIFO whose reading would never end, is refused
     try:
         if suffix == ".csv":
-            with path.open(newline="") as f:
-                return [dict(row) for row in csv.DictReader(f)]
+            return _read_csv(data.decode("utf-8-sig"), path.name)
         if suffix in (".jsonl", ".ndjson"):
             rows = []
-            for number, line in enumerate(path.read_text().splitlines(), 1):
+            for number, line in enumerate(data.decode().splitlines(), 1):
                 if line.strip():
                     try:
                         rows.append(_record(json.loads(line), f"{path.name} line {number}"))
@@ -30,19 +30,45 @@ def read_table(path: Path) -> list[dict[str, Any]]:
                         raise InvalidInput(f"{path.name} line {number} is not JSON: {exc}") from None
             return rows
         if suffix == ".json":
-            data = json.loads(path.read_text())
-            if isinstance(data, list):
-                return [_record(row, f"{path.name} record {n}") for n, row in enumerate(data)]
+            records = json.loads(data.decode())
+            if isinstance(records, list):
+                return [_record(row, f"{path.name} record {n}") for n, row in enumerate(records)]
             raise InvalidInput(f"{path.name}: a .json input must be a list of records")
         import pyarrow
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            return pq.read_table(pyarrow.BufferReader(data)).to_pylist()
         except pyarrow.ArrowException as exc:
             raise InvalidInput(f"{path.name} is not a readable Parquet table: {exc}") from None
     except (OSError, UnicodeDecodeError, csv.Error, json.JSONDecodeError) as exc:
         raise InvalidInput(f"cannot read {path.name}: {exc}") from None
+
+
+def _read_csv(text: str, name: str) -> list[dict[str, Any]]:
+    """Rows of a CSV, strictly: an unterminated quote or a row longer than the header is an error naming the
+    line where that row starts (the csv module alone would swallow the rest of the file into one field)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[dict[str, Any]] = []
+    header: list[str] | None = None
+    start = 1
+    try:
+        for fields in reader:
+            if header is None:
+                header = fields
+            elif fields:
+                if len(fields) > len(header):
+                    raise InvalidInput(
+                        f"{name} line {start}: {len(fields)} fields, but the header has {len(header)}; "
+                        "quote fields that hold commas"
+                    )
+                padded = fields + [None] * (len(header) - len(fields))  # short rows: None, as DictReader
+                rows.append(dict(zip(header, padded, strict=True)))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        hint = "a quote opened there is never closed" if "end of data" in str(exc) else str(exc)
+        raise InvalidInput(f"{name} line {start}: malformed CSV: {hint}") from None
+    return rows
 
 
 def _record(row: Any, where: str) -> dict[str, Any]:

@@ -87,3 +87,35 @@ def test_a_hand3d_folder_takes_only_its_regular_npz_files_inside_the_root(root: 
     (clips / "outside.npz").symlink_to(tmp_path / "secret.npz")
     with pytest.raises(InvalidInput, match="escapes the data volume"):
         Hand3D().plan(clips, Hand3DOptions(), root)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('image_path,question\na.png,q\nb.png,"never closed\nc.png,q\n', "rows.csv line 3: malformed CSV: a quote"),
+        ("image_path,question\na.png,q\nb.png,q,extra\n", "rows.csv line 3: 3 fields, but the header has 2"),
+        ('image_path,question\na.png,"two\nlines"\nb.png,q"x,y\n', "rows.csv line 4: 3 fields"),
+    ],
+)
+def test_a_malformed_csv_is_refused_with_the_line_its_bad_row_starts_on(root: Path, text: str, message: str) -> None:
+    (root / "rows.csv").write_text(text)
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        read_table(root / "rows.csv")
+
+
+def test_a_csv_row_may_span_lines_in_quotes_and_short_rows_leave_columns_empty(root: Path) -> None:
+    (root / "rows.csv").write_text('\ufeffimage_path,question\na.png,"two\nlines"\n\nb.png\n')
+    assert read_table(root / "rows.csv") == [
+        {"image_path": "a.png", "question": "two\nlines"},
+        {"image_path": "b.png", "question": None},
+    ]
+
+
+@pytest.mark.parametrize("output", [".", "./", "sub/..", ".modelyard", ".modelyard/out"])
+def test_the_data_root_and_the_gateways_own_folder_are_refused_as_outputs(
+    root: Path, engine: Engine, output: str
+) -> None:
+    (root / "rows.jsonl").write_text(json.dumps({"image_path": "image.png", "question": "q"}) + "\n")
+    with pytest.raises(InvalidInput, match=r"data root itself|without '\.\.'|gateway's own folder"):
+        engine.submit("medvqa", "rows.jsonl", output, {"MODE": "gold"})
+    assert engine.store.list_jobs() == []
