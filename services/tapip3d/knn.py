@@ -5,8 +5,8 @@ TAPIP3D uses one operation of pointops2 (a CUDA extension its users must compile
 cumulative end of each batch's rows); each query row of batch b gets the `nsample` nearest rows of `xyz` in
 batch b, nearest first, as int32 indices into `xyz` and float32 Euclidean distances. Where a batch has fewer than
 `nsample` points, the kernel leaves the rest at its initial values — index = the batch's first row, squared
-distance 1e10 — and so does this, also for points never taken (NaN ones: TAPIP3D's invalid depths). Ties go to
-the lower index (the kernel keeps the earlier of equally near points).
+distance 1e10 — and so does this, also for points never taken (NaN ones: TAPIP3D's invalid depths). Among equally
+near points the lower index is taken (the kernel's heap takes one of them, in no documented order).
 """
 
 from __future__ import annotations

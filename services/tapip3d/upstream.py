@@ -28,6 +28,7 @@ back and reshaped to (T,N,3)/(T,N) (upstream squeezes away N=1). The call itself
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import logging
 import sys
@@ -314,7 +315,6 @@ class Upstream(Backend):
         """upstream's models.from_pretrained + inference_utils.load_model, step by step (call with the imports
         active): the checkpoint's cfg builds the model, its weights load strictly, evaluation in raw mode."""
         import torch
-        from omegaconf import OmegaConf  # installed with the checkout's requirements: models imported it already
 
         path, root = self.config.checkpoint, self.config.root
         try:
@@ -331,16 +331,18 @@ class Upstream(Backend):
                 f"training saves it), found {found}"
             )
         try:
-            cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(checkpoint["cfg"])))
-            model_cfg, image_size = cfg.model, cfg.train_dataset.resolution
+            # An OmegaConf DictConfig (item access and assignment work on it as on a dict); a copy, to edit.
+            cfg = copy.deepcopy(checkpoint["cfg"])
+            model_cfg, image_size = cfg["model"], cfg["train_dataset"]["resolution"]
         except Exception as exc:
             raise ConfigError(
                 f"{path}'s cfg has no model / train_dataset.resolution ({type(exc).__name__}: {exc}): it is not a "
                 "TAPIP3D checkpoint"
             ) from None
-        if "encoder" in model_cfg and model_cfg.encoder.get("pretrained", False):
+        encoder = model_cfg.get("encoder") if hasattr(model_cfg, "get") else None
+        if encoder is not None and encoder.get("pretrained", False):
             # The encoder would torch.hub.load CoTracker3 to initialise weights that load_state_dict replaces.
-            model_cfg.encoder.pretrained = False
+            encoder["pretrained"] = False
         try:
             model = models.from_config(model_cfg, image_size=image_size)
         except Exception as exc:
@@ -369,10 +371,13 @@ class Upstream(Backend):
         size = inference_size(self.image_size, options.resolution_factor or cfg.resolution_factor)
         threshold = cfg.visibility_threshold if options.visibility_threshold is None else options.visibility_threshold
         device = torch.device(self.device)
+        # Upstream tracks backwards too when a query is after frame 0 (a grid is lifted at its frame).
+        latest = options.grid[1] if options.grid is not None else queries[:, 0].max()
+        backward = cfg.bidirectional and not getattr(self.model, "bidirectional", False) and latest > 0
+        # Progress counts frames prepared, then frames covered by the model's windows in each pass.
         padded = max(clip.num_frames, self.seq_len)
+        total = clip.num_frames + (2 if backward else 1) * padded
         with self.imports.active():  # once for the whole call: upstream's depth filter runs per frame
-            # Progress counts frames prepared, then frames covered by the model's windows in each pass.
-            total = clip.num_frames + 2 * padded
             prepared = prepare(
                 clip,
                 size,
@@ -383,8 +388,6 @@ class Upstream(Backend):
             lifted = None
             if options.grid is not None:
                 queries = lifted = self._grid_queries(prepared, *options.grid)
-            backward = cfg.bidirectional and not getattr(self.model, "bidirectional", False) and queries[:, 0].max() > 0
-            total = clip.num_frames + (2 if backward else 1) * padded
             with (
                 torch.inference_mode(),
                 torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext(),
