@@ -20,7 +20,7 @@ mkdir -p "$out/main" "$out/wilor" "$out/requirements"
 lists=$(mktemp -d)
 trap 'rm -rf "$lists"' EXIT
 $extras >"$lists/core.txt"
-for extra in torch medsam biomedclip tapip3d gateway; do
+for extra in torch medsam biomedclip tapip3d tapip3d-upstream gateway; do
     $extras --only "$extra" >"$lists/$extra.txt"
 done
 $extras wilor >"$lists/wilor.txt"
@@ -49,7 +49,8 @@ fill() {  # fill DIR from requirement files, reusing DIR's wheels; DIR ends up w
 }
 
 fill "$out/main" -r "$out/requirements/core.txt" -r "$out/requirements/medsam.txt" \
-    -r "$out/requirements/biomedclip.txt" -r "$out/requirements/tapip3d.txt" -r "$out/requirements/gateway.txt" \
+    -r "$out/requirements/biomedclip.txt" -r "$out/requirements/tapip3d.txt" \
+    -r "$out/requirements/tapip3d-upstream.txt" -r "$out/requirements/gateway.txt" \
     -r "$out/requirements/build.txt"
 fill "$out/wilor" -r "$out/requirements/wilor.txt"
 # mediapipe requires opencv-contrib-python, whose cv2 links libGL/X11; the image swaps in the headless build.
