@@ -48,6 +48,11 @@ fill() {  # fill DIR from requirement files, reusing DIR's wheels; DIR ends up w
     mv "$dir.new" "$dir"
 }
 
+# omegaconf 2.3 (tapip3d-upstream) pins antlr4-python3-runtime==4.9.*, which PyPI has as a source archive only: it
+# is pure Python, so its wheel (py3-none-any, any platform) is built here once and found by the fill below.
+if ! ls "$out/main"/antlr4_python3_runtime-4.9.*.whl >/dev/null 2>&1; then
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out/main" "antlr4-python3-runtime==4.9.*"
+fi
 fill "$out/main" -r "$out/requirements/core.txt" -r "$out/requirements/medsam.txt" \
     -r "$out/requirements/biomedclip.txt" -r "$out/requirements/tapip3d.txt" \
     -r "$out/requirements/tapip3d-upstream.txt" -r "$out/requirements/gateway.txt" \
