@@ -53,7 +53,12 @@ from modelyard.tapip3d.sequence import RGBDClip
 log = logging.getLogger(__name__)
 
 # Files a TAPIP3D checkout has; their absence means the mount points somewhere else.
-REQUIRED_FILES = ("utils/inference_utils.py", "models/__init__.py", "datasets/data_ops.py")
+REQUIRED_FILES = (
+    "utils/inference_utils.py",
+    "models/__init__.py",
+    "datasets/data_ops.py",
+    "third_party/pointops2/functions/__init__.py",
+)
 # What this service calls, by module: a checkout without them is another version of TAPIP3D.
 ENTRY_POINTS = {
     "utils.inference_utils": ("inference", "get_grid_queries"),
