@@ -33,6 +33,7 @@ import importlib
 import logging
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,16 @@ def _is_hub_error(exc: BaseException) -> bool:
     """Whether building failed on a torch hub download (offline: 'no internet connection', URLError, ...)."""
     text = f"{type(exc).__name__} {exc}".lower()
     return any(word in text for word in ("internet", "urlopen", "hub", "github", "name resolution"))
+
+
+def _where(exc: BaseException, root: Path) -> str:
+    """The checkout's file (relative to root) where an exception was raised, innermost; '' if none."""
+    found = ""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        file = Path(frame.f_code.co_filename)
+        if file.is_relative_to(root.resolve()):
+            found = str(file.relative_to(root.resolve()))
+    return found
 
 
 class UpstreamImports:
@@ -298,7 +309,8 @@ class Upstream(Backend):
         except ModuleNotFoundError as exc:
             if exc.name is not None and exc.name.partition(".")[0] not in self.imports.names:
                 raise ConfigError(
-                    f"TAPIP3D's {name} (in {root}) imports '{exc.name}', which this image lacks: {HINT_IMAGE}"
+                    f"TAPIP3D's {_where(exc, root) or name} (in {root}) imports '{exc.name}', which this image "
+                    f"lacks: {HINT_IMAGE}"
                 ) from None
             raise ConfigError(
                 f"importing TAPIP3D's {name} from {root} failed ({exc}): is the checkout complete?"
