@@ -87,12 +87,18 @@ bench-wilor: setup test-assets
 # Compose v2 when the engine has it, the Debian docker-compose (v1) otherwise; both read the same files.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 GPU ?= 0
-.PHONY: images images-if-engine up down test-compose compose-config swarm-up swarm-down test-swarm
+.PHONY: images images-if-engine images-upstream up down test-compose compose-config swarm-up swarm-down test-swarm
 
 # The wheelhouse (once), a base image (from Debian packages when nothing can be pulled), one image per service;
 # prints the sizes.
 images:
 	deploy/docker/build-images.sh
+
+# The service images plus the PyPI packages an official checkout imports (users mount the checkout): every
+# deploy/Dockerfile stage named *-upstream (tapip3d-upstream, wilor-upstream).
+UPSTREAM_IMAGES := $(shell sed -n 's/^FROM .* AS \([a-z0-9]*-upstream\)$$/\1/p' deploy/Dockerfile)
+images-upstream:
+	UPSTREAM=1 SERVICES="$(UPSTREAM_IMAGES)" deploy/docker/build-images.sh
 
 # `make test` runs tests/compose and tests/swarm wherever a Docker engine answers, so it builds the images there first.
 images-if-engine:

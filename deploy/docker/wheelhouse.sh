@@ -7,6 +7,8 @@
 # DIR/main         the torch services' and the gateway's wheels, resolved together: one version of each
 # DIR/wilor        wilor's own set (mediapipe 0.10.21, numpy<2, protobuf<5), plus opencv's headless build
 # DIR/requirements one file per image layer, from pyproject.toml's extras (the one place ranges are pinned)
+# UPSTREAM=1 (make images-upstream) adds the packages the official TAPIP3D and WiLoR code import to DIR/main;
+# without it the standard images' set stays as it is, so their wheelhouse never changes for the upstream ones.
 # Nothing is downloaded while the requirement lists are those of the last complete run (DIR/.lists); otherwise
 # wheels already in DIR are reused, and a wheel no longer required is dropped.
 set -euo pipefail
@@ -20,9 +22,13 @@ mkdir -p "$out/main" "$out/wilor" "$out/requirements"
 lists=$(mktemp -d)
 trap 'rm -rf "$lists"' EXIT
 $extras >"$lists/core.txt"
-for extra in torch medsam biomedclip tapip3d gateway wilor-upstream; do
+upstream_extras=()
+[[ "${UPSTREAM:-0}" == 1 ]] && upstream_extras=(tapip3d-upstream wilor-upstream)
+for extra in torch medsam biomedclip tapip3d gateway "${upstream_extras[@]}"; do
     $extras --only "$extra" >"$lists/$extra.txt"
 done
+upstream_reqs=()
+for extra in "${upstream_extras[@]}"; do upstream_reqs+=(-r "$out/requirements/$extra.txt"); done
 $extras wilor >"$lists/wilor.txt"
 # setuptools and wheel build the project's own wheel inside the build (build isolation, offline).
 printf 'setuptools>=69\nwheel\n' >"$lists/build.txt"
@@ -48,9 +54,14 @@ fill() {  # fill DIR from requirement files, reusing DIR's wheels; DIR ends up w
     mv "$dir.new" "$dir"
 }
 
+# omegaconf 2.3 (tapip3d-upstream) pins antlr4-python3-runtime==4.9.*, which PyPI has as a source archive only: it
+# is pure Python, so its wheel (py3-none-any, any platform) is built here once and found by the fill below.
+if [[ ${#upstream_extras[@]} -gt 0 ]] && ! ls "$out/main"/antlr4_python3_runtime-4.9.*.whl >/dev/null 2>&1; then
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out/main" "antlr4-python3-runtime==4.9.*"
+fi
 fill "$out/main" -r "$out/requirements/core.txt" -r "$out/requirements/medsam.txt" \
     -r "$out/requirements/biomedclip.txt" -r "$out/requirements/tapip3d.txt" -r "$out/requirements/gateway.txt" \
-    -r "$out/requirements/wilor-upstream.txt" -r "$out/requirements/build.txt"
+    "${upstream_reqs[@]}" -r "$out/requirements/build.txt"
 fill "$out/wilor" -r "$out/requirements/wilor.txt"
 # mediapipe requires opencv-contrib-python, whose cv2 links libGL/X11; the image swaps in the headless build.
 opencv=$(ls "$out/wilor" | sed -n 's/^opencv_contrib_python-\([^-]*\)-.*/\1/p')

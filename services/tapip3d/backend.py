@@ -20,12 +20,15 @@ class TrackOptions:
     iterations: int | None = None
     # upstream: track its support grid alongside the queries, unless they are a grid already (as inference.py)
     queries_are_grid: bool = False
+    # the grid (size, frame) the queries were lifted from: upstream lifts it again from its own prepared depth
+    grid: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
 class Tracks:
     coords: np.ndarray  # (T,N,3) float32, world coordinates
     visibs: np.ndarray  # (T,N) bool
+    queries: np.ndarray | None = None  # (N,4) world, when the backend lifted its own (upstream's grids)
 
 
 class Backend(Protocol):

@@ -1,7 +1,7 @@
 """The `model:` section of /config/tapip3d.yaml.
 
 model:
-  backend: lift2d            # or upstream (needs CUDA, a TAPIP3D checkout and its checkpoint)
+  backend: lift2d            # or upstream (a TAPIP3D checkout and its checkpoint; CUDA, or the CPU slowly)
   upstream:
     root: /models/TAPIP3D                   # the user's checkout (never shipped in our images)
     checkpoint: /models/tapip3d_final.pth
@@ -59,7 +59,7 @@ class Lift2DConfig(Strict):
 class UpstreamConfig(Strict):
     """The official TAPIP3D code, imported from the user's checkout in this process only."""
 
-    root: ExistingDir = Field(description="a TAPIP3D checkout (github zbw001/TAPIP3D) with pointops2 built")
+    root: ExistingDir = Field(description="a TAPIP3D checkout (github zbw001/TAPIP3D); pointops2 need not be built")
     checkpoint: ExistingFile = Field(description="tapip3d_final.pth (a dict with 'cfg' and 'weight')")
     resolution_factor: float = Field(
         2.0,
@@ -77,8 +77,8 @@ class UpstreamConfig(Strict):
     )
     torch_hub_dir: ExistingDir | None = Field(
         None,
-        description="TORCH_HOME/hub cache holding facebookresearch/co-tracker, which the encoder may load at "
-        "construction (offline containers must mount it)",
+        description="a torch hub cache, for checkouts whose model downloads from torch hub at construction (the "
+        "CoTracker encoder's pretrained weights are never loaded: the checkpoint's weights replace them)",
     )
     trust_checkpoint_pickle: bool = Field(
         True,
@@ -88,7 +88,9 @@ class UpstreamConfig(Strict):
 
 
 class TAPIP3DConfig(Strict):
-    backend: Literal["lift2d", "upstream"] = Field("lift2d", description="lift2d (CPU, anywhere) or upstream (CUDA)")
+    backend: Literal["lift2d", "upstream"] = Field(
+        "lift2d", description="lift2d (CPU, anywhere) or upstream (the official code: CUDA, or the CPU slowly)"
+    )
     lift2d: Lift2DConfig = Lift2DConfig()
     upstream: UpstreamConfig | None = None
     max_frames: int = Field(2000, ge=1, description="refuse sequences with more frames")

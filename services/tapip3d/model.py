@@ -58,7 +58,13 @@ class TAPIP3DAdapter(ModelAdapter[TAPIP3DConfig, TrackItem, Tracks]):
         scene = synthetic.make_scene(width=64, height=48, frames=4, seed=0, occluder=False)
         clip = make_clip(scene.video, scene.depths, scene.intrinsics, scene.extrinsics, limits_of(self.config))
         self.infer(
-            [TrackItem(clip, grid_queries(clip, 4, 0, limits_of(self.config)), TrackOptions(queries_are_grid=True))]
+            [
+                TrackItem(
+                    clip,
+                    grid_queries(clip, 4, 0, limits_of(self.config)),
+                    TrackOptions(queries_are_grid=True, grid=(4, 0)),
+                )
+            ]
         )
 
     def infer(self, items: list[TrackItem]) -> list[Tracks | Exception]:

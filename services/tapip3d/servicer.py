@@ -84,20 +84,22 @@ class TAPIP3DServicer(tapip3d_pb2_grpc.TAPIP3DServicer):
 
     def _queries(
         self, request: tapip3d_pb2.TrackRequest, clip: sequence.RGBDClip, from_file: np.ndarray | None
-    ) -> tuple[np.ndarray, bool]:
-        """World queries (N,4) and whether they are a grid."""
+    ) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """World queries (N,4) and the grid (size, frame) they were lifted from, if they are one."""
         kind, shm = request.WhichOneof("queries"), self.host.runtime.shared_memory_dir
         if kind == "grid_size":
-            return sequence.grid_queries(clip, request.grid_size, request.grid_frame, self.limits), True
+            grid = (request.grid_size, request.grid_frame)
+            return sequence.grid_queries(clip, *grid, self.limits), grid
         if kind == "pixel_queries":
             pixels = tensor_to_numpy(request.pixel_queries, shm, "pixel_queries")
-            return sequence.pixel_queries(clip, pixels, self.limits), False
+            return sequence.pixel_queries(clip, pixels, self.limits), None
         if kind == "world_queries":
             world = tensor_to_numpy(request.world_queries, shm, "world_queries")
-            return sequence.world_queries(clip, world, self.limits), False
+            return sequence.world_queries(clip, world, self.limits), None
         if from_file is not None:
-            return sequence.world_queries(clip, from_file, self.limits, "query_point"), False
-        return sequence.grid_queries(clip, self.config.default_grid_size, request.grid_frame, self.limits), True
+            return sequence.world_queries(clip, from_file, self.limits, "query_point"), None
+        grid = (self.config.default_grid_size, request.grid_frame)
+        return sequence.grid_queries(clip, *grid, self.limits), grid
 
     @staticmethod
     def _options(request: tapip3d_pb2.TrackRequest) -> TrackOptions:
@@ -126,7 +128,7 @@ class TAPIP3DServicer(tapip3d_pb2_grpc.TAPIP3DServicer):
                 raise InvalidInput(sequence.existing_output(request.output.path))
             output = (path, request.output.path, request.output.overwrite)
         clip, from_file = self._clip(request)
-        queries, is_grid = self._queries(request, clip, from_file)
+        queries, grid = self._queries(request, clip, from_file)
         needed = _inline_bytes(clip.num_frames, len(queries))
         region = request.output_region
         if needed > self.message_limit and self.host.runtime.data_root is None and not region.region:
@@ -136,12 +138,13 @@ class TAPIP3DServicer(tapip3d_pb2_grpc.TAPIP3DServicer):
                 "it to: pass an output_region (shared memory), track fewer points or frames, or raise "
                 "runtime.max_message_mb"
             )
-        item = TrackItem(clip, queries, dataclasses.replace(options, queries_are_grid=is_grid))
+        item = TrackItem(clip, queries, dataclasses.replace(options, queries_are_grid=grid is not None, grid=grid))
         return _Plan(item, request.frame, output, not request.output_without_video, region)
 
     # -- answers --------------------------------------------------------------------------------------
     def _respond(self, plan: _Plan, tracks: Tracks) -> tapip3d_pb2.TrackResponse:
-        clip, queries = plan.item.clip, plan.item.queries
+        clip = plan.item.clip
+        queries = plan.item.queries if tracks.queries is None else tracks.queries  # upstream lifts grids itself
         coords, out_queries = tracks.coords, queries
         extra = {}
         if plan.frame == tapip3d_pb2.FRAME_CAMERA:
@@ -190,7 +193,7 @@ class TAPIP3DServicer(tapip3d_pb2_grpc.TAPIP3DServicer):
             plan.item.clip,
             tracks.coords,
             tracks.visibs,
-            plan.item.queries,
+            plan.item.queries if tracks.queries is None else tracks.queries,
             plan.with_video,
             extra,
             overwrite,

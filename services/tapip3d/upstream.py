@@ -1,26 +1,39 @@
 """upstream: the official TAPIP3D, imported from the user's checkout, run the way its inference.py runs it.
 
-Nothing of TAPIP3D is shipped here: users mount a checkout (github zbw001/TAPIP3D, with third_party/pointops2
-built) and its checkpoint. Its code imports itself through top-level packages named `utils`, `models`,
-`datasets`, `training`, `third_party` — names that clash with other code (HF `datasets`, any `utils`). So it is
-only ever imported in this service's process, and only while `UpstreamImports.active()` holds: its root first on
-sys.path and its modules in sys.modules; on leaving, both are put back as they were, so nothing else in the
-process sees its packages (and anything else's `utils` stays what it was).
+Nothing of TAPIP3D is shipped here: users mount a checkout (github zbw001/TAPIP3D) and its checkpoint into the
+`tapip3d-upstream` image, which has the PyPI packages that code imports. Its code imports itself through top-level
+packages named `utils`, `models`, `datasets`, `training`, `third_party` — names that clash with other code (HF
+`datasets`, any `utils`). So it is only ever imported in this service's process, and only while
+`UpstreamImports.active()` holds: its root first on sys.path and its modules in sys.modules; on leaving, both are
+put back as they were, so nothing else in the process sees its packages (and anything else's `utils` stays what
+it was).
 
-What we do around the call, and test without a GPU (`prepare`, `pad_frames`, `unpad`): frames resized to the
-checkpoint's image size x sqrt(resolution_factor) (cv2 bilinear), depths resized ignoring invalid pixels and then
-edge-filtered by upstream's own `_filter_one_depth` (as inference.py), intrinsics rescaled to match, clips shorter
-than the model's window padded with their last frame (upstream tracks nothing in a clip shorter than seq_len),
-and the outputs cut back and reshaped to (T,N,3)/(T,N) (upstream squeezes away N=1). The call itself —
-`utils.inference_utils.inference(...)` under bf16 autocast on CUDA — needs CUDA and a checkout.
+pointops2, the CUDA extension TAPIP3D's KNN correlation imports, is used when its kernels are built into this
+Python and the model runs on CUDA; otherwise our torch `knnquery` (knn.py, the one operation the model calls) is
+put in its place, so nothing needs compiling and the model runs on the CPU too.
+
+Loading is upstream's `models.from_pretrained`, step by step so each failure says what to fix, and with the
+encoder's `pretrained` forced off (it would `torch.hub.load` CoTracker's weights, which the strict load of the
+checkpoint's weights replaces anyway).
+
+What we do around the call, and test without the real code (`prepare`, `pad_frames`, `unpad`): frames resized to
+the checkpoint's image size x sqrt(resolution_factor) (cv2 bilinear), depths resized ignoring invalid pixels and
+then edge-filtered by upstream's own `_filter_one_depth` (as inference.py), intrinsics rescaled to match, grids
+lifted by upstream's `get_grid_queries` from that prepared depth (as inference.py), clips shorter than the model's
+window padded with their last frame (upstream tracks nothing in a clip shorter than seq_len), and the outputs cut
+back and reshaped to (T,N,3)/(T,N) (upstream squeezes away N=1). The call itself is
+`utils.inference_utils.inference(...)`, under bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
+import logging
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,19 +43,55 @@ from typing import Any
 import cv2
 import numpy as np
 
-from modelyard.runtime.errors import ConfigError
+from modelyard.runtime.errors import ConfigError, InvalidInput
 from modelyard.runtime.host import sha256_of
 from modelyard.runtime.progress import Progress
-from modelyard.tapip3d import geometry
+from modelyard.tapip3d import geometry, knn
 from modelyard.tapip3d.backend import Backend, TrackOptions, Tracks
 from modelyard.tapip3d.config import UpstreamConfig
 from modelyard.tapip3d.sequence import RGBDClip
 
+log = logging.getLogger(__name__)
+
 # Files a TAPIP3D checkout has; their absence means the mount points somewhere else.
-REQUIRED_FILES = ("utils/inference_utils.py", "models/__init__.py", "datasets/data_ops.py")
+REQUIRED_FILES = (
+    "utils/inference_utils.py",
+    "models/__init__.py",
+    "datasets/data_ops.py",
+    "third_party/pointops2/functions/__init__.py",
+)
+# What this service calls, by module: a checkout without them is another version of TAPIP3D.
+ENTRY_POINTS = {
+    "utils.inference_utils": ("inference", "get_grid_queries"),
+    "models": ("from_config",),
+    "datasets.data_ops": ("_filter_one_depth",),
+}
+# Where TAPIP3D imports pointops2 from, and the module its functions/__init__.py star-imports.
+POINTOPS_MODULE = "third_party.pointops2.functions.pointops"
+POINTOPS_PACKAGE = "pointops2"
+HINT_IMAGE = "run the modelyard/tapip3d-upstream image (or pip install modelyard[tapip3d-upstream])"
 # inference.py's depth edge filter: relative depth tolerance and normal angle (degrees).
 DEPTH_EDGE_RTOL = 0.08
 DEPTH_EDGE_NORMAL_DEG = 15
+
+
+HUB_HINT = "mount a torch hub cache holding it and set model.upstream.torch_hub_dir (containers here are offline)"
+
+
+def _is_hub_error(exc: BaseException) -> bool:
+    """Whether building failed on a torch hub download (offline: 'no internet connection', URLError, ...)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("internet", "urlopen", "hub", "github", "name resolution"))
+
+
+def _where(exc: BaseException, root: Path) -> str:
+    """The checkout's file (relative to root) where an exception was raised, innermost; '' if none."""
+    found = ""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        file = Path(frame.f_code.co_filename)
+        if file.is_relative_to(root.resolve()):
+            found = str(file.relative_to(root.resolve()))
+    return found
 
 
 class UpstreamImports:
@@ -178,21 +227,17 @@ class Upstream(Backend):
         self.device = device
         self.imports = UpstreamImports(config.root)
         self.model: Any = None
+        self.knn = ""  # "pointops2" or "torch": which knnquery the model calls
 
     def problems(self) -> list[str]:
-        """Everything that stops loading, found at once so one error lists all of it."""
+        """Everything that stops loading and can be seen without importing, found at once so one error lists it."""
         cfg = self.config
         found = []
         missing = [f for f in REQUIRED_FILES if not (cfg.root / f).is_file()]
         if missing:
             found.append(
                 f"{cfg.root} is not a TAPIP3D checkout (no {', '.join(missing)}): mount a clone of "
-                "github.com/zbw001/TAPIP3D (with third_party/pointops2 built) and set model.upstream.root to it"
-            )
-        if not self.device.startswith("cuda"):
-            found.append(
-                f"the upstream backend needs CUDA (TAPIP3D's pointops2 kernels have no CPU path) but this service "
-                f"runs on '{self.device}': run it on a GPU host with runtime.device cuda, or use model.backend: lift2d"
+                "github.com/zbw001/TAPIP3D and set model.upstream.root to it"
             )
         if not cfg.trust_checkpoint_pickle:
             found.append(
@@ -210,35 +255,145 @@ class Upstream(Backend):
         cfg = self.config
         if cfg.torch_hub_dir is not None:
             torch.hub.set_dir(str(cfg.torch_hub_dir))
-        try:
-            with self.imports.active():
-                self._inference = importlib.import_module("utils.inference_utils")
-                self._filter_one_depth = importlib.import_module("datasets.data_ops")._filter_one_depth
-                model = self._inference.load_model(str(cfg.checkpoint))
-        except ImportError as exc:
-            raise ConfigError(
-                f"importing TAPIP3D from {cfg.root} failed ({exc}): install its requirements.txt into this image "
-                "and build third_party/pointops2 (see its README)"
-            ) from None
-        except Exception as exc:
-            raise ConfigError(f"TAPIP3D could not load {cfg.checkpoint}: {type(exc).__name__}: {exc}") from None
+        self.knn = self._knn_choice()
+        if self.knn == "torch":  # kept inside the checkout's imports, like its own modules
+            self.imports.names.add(POINTOPS_PACKAGE)
+        with self.imports.active():
+            if self.knn == "torch":
+                self._knn_in_place()
+            modules = {name: self._import(name) for name in ENTRY_POINTS}
+            self._inference = modules["utils.inference_utils"]
+            self._filter_one_depth = modules["datasets.data_ops"]._filter_one_depth
+            model = self._build(modules["models"])
         self.model = model.to(self.device).eval()
         self.image_size = (int(model.image_size[0]), int(model.image_size[1]))
         self.seq_len = int(model.seq_len)
         self.checkpoint_sha256 = sha256_of(cfg.checkpoint)
         self.commit = checkout_commit(cfg.root)
 
+    def _knn_choice(self) -> str:
+        """pointops2's kernels when they are built into this Python and the model runs on CUDA, else ours."""
+        if self.device.startswith("cuda"):
+            try:
+                importlib.import_module("pointops2_cuda")
+                log.info("TAPIP3D uses pointops2's CUDA kernels")
+                return "pointops2"
+            except ImportError:
+                pass
+        log.warning(
+            "TAPIP3D uses modelyard's torch knnquery on %s (pointops2's CUDA kernels are %s): same results, slower",
+            self.device,
+            "not built into this Python" if self.device.startswith("cuda") else "CUDA only",
+        )
+        return "torch"
+
+    def _knn_in_place(self) -> None:
+        """Our knnquery where TAPIP3D imports pointops2 from (call with the imports active)."""
+        # functions/__init__.py star-imports the installed `pointops2` package: ours stands in for both.
+        sys.modules[POINTOPS_PACKAGE] = knn
+        try:
+            package = importlib.import_module(POINTOPS_MODULE.rpartition(".")[0])
+        except ImportError as exc:
+            raise ConfigError(
+                f"{self.config.root}/third_party/pointops2 could not be imported ({exc}): the checkout is incomplete "
+                "(git status there shows what is missing)"
+            ) from None
+        sys.modules[POINTOPS_MODULE] = knn
+        setattr(package, "pointops", knn)  # noqa: B010 (a module attribute mypy cannot know)
+
+    def _import(self, name: str) -> ModuleType:
+        """One of the checkout's modules, with what this service calls in it (call with the imports active)."""
+        root = self.config.root
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and exc.name.partition(".")[0] not in self.imports.names:
+                raise ConfigError(
+                    f"TAPIP3D's {_where(exc, root) or name} (in {root}) imports '{exc.name}', which this image "
+                    f"lacks: {HINT_IMAGE}"
+                ) from None
+            raise ConfigError(
+                f"importing TAPIP3D's {name} from {root} failed ({exc}): is the checkout complete?"
+            ) from None
+        except Exception as exc:
+            raise ConfigError(
+                f"importing TAPIP3D's {name} from {root} failed ({type(exc).__name__}: {exc}): {HINT_IMAGE}, and "
+                "use a checkout of github.com/zbw001/TAPIP3D"
+            ) from None
+        absent = [f for f in ENTRY_POINTS[name] if not callable(getattr(module, f, None))]
+        if absent:
+            raise ConfigError(
+                f"{root} is not the TAPIP3D this service runs: its {name} has no {', '.join(absent)} (mount a "
+                "checkout of github.com/zbw001/TAPIP3D, commit 9359ae2 or later)"
+            )
+        return module
+
+    def _build(self, models: ModuleType) -> Any:
+        """upstream's models.from_pretrained + inference_utils.load_model, step by step (call with the imports
+        active): the checkpoint's cfg builds the model, its weights load strictly, evaluation in raw mode."""
+        import torch
+
+        path, root = self.config.checkpoint, self.config.root
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ConfigError(
+                f"{path} could not be read ({type(exc).__name__}: {exc}): model.upstream.checkpoint must be a "
+                "TAPIP3D checkpoint such as tapip3d_final.pth"
+            ) from None
+        if not isinstance(checkpoint, dict) or not {"cfg", "weight"} <= set(checkpoint):
+            found = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise ConfigError(
+                f"{path} is not a TAPIP3D checkpoint: expected a dict with 'cfg' and 'weight' (as TAPIP3D's "
+                f"training saves it), found {found}"
+            )
+        try:
+            # An OmegaConf DictConfig (item access and assignment work on it as on a dict); a copy, to edit.
+            cfg = copy.deepcopy(checkpoint["cfg"])
+            model_cfg, image_size = cfg["model"], cfg["train_dataset"]["resolution"]
+        except Exception as exc:
+            raise ConfigError(
+                f"{path}'s cfg has no model / train_dataset.resolution ({type(exc).__name__}: {exc}): it is not a "
+                "TAPIP3D checkpoint"
+            ) from None
+        encoder = model_cfg.get("encoder") if hasattr(model_cfg, "get") else None
+        if encoder is not None and encoder.get("pretrained", False):
+            # The encoder would torch.hub.load CoTracker3 to initialise weights that load_state_dict replaces.
+            encoder["pretrained"] = False
+        try:
+            model = models.from_config(model_cfg, image_size=image_size)
+        except Exception as exc:
+            raise ConfigError(
+                f"TAPIP3D in {root} cannot build the model {path}'s cfg describes ({type(exc).__name__}: {exc}): "
+                "use the checkout the checkpoint was trained with"
+                + (f"; a torch hub download was attempted: {HUB_HINT}" if _is_hub_error(exc) else "")
+            ) from None
+        try:
+            model.load_state_dict(checkpoint["weight"], strict=True)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()
+            detail = "; ".join(line.strip() for line in first[:4]) + (" ..." if len(first) > 4 else "")
+            raise ConfigError(
+                f"{path}'s weights do not fit the model its cfg describes ({type(exc).__name__}: {detail}): the "
+                f"file is damaged, or TAPIP3D in {root} is not the version it was saved with"
+            ) from None
+        if hasattr(model, "eval_mode"):
+            model.set_eval_mode("raw")
+        return model.eval()
+
     def track(self, clip: RGBDClip, queries: np.ndarray, options: TrackOptions, progress: Progress) -> Tracks:
         import torch
 
         cfg = self.config
         size = inference_size(self.image_size, options.resolution_factor or cfg.resolution_factor)
-        backward = cfg.bidirectional and not getattr(self.model, "bidirectional", False) and queries[:, 0].max() > 0
+        threshold = cfg.visibility_threshold if options.visibility_threshold is None else options.visibility_threshold
+        device = torch.device(self.device)
+        # Upstream tracks backwards too when a query is after frame 0 (a grid is lifted at its frame).
+        latest = options.grid[1] if options.grid is not None else queries[:, 0].max()
+        backward = cfg.bidirectional and not getattr(self.model, "bidirectional", False) and latest > 0
         # Progress counts frames prepared, then frames covered by the model's windows in each pass.
         padded = max(clip.num_frames, self.seq_len)
         total = clip.num_frames + (2 if backward else 1) * padded
-        threshold = cfg.visibility_threshold if options.visibility_threshold is None else options.visibility_threshold
-        device = torch.device(self.device)
         with self.imports.active():  # once for the whole call: upstream's depth filter runs per frame
             prepared = prepare(
                 clip,
@@ -247,6 +402,9 @@ class Upstream(Backend):
                 self._filter_depth,
                 lambda done: progress.report(done, total, "preparing frames"),
             )
+            lifted = None
+            if options.grid is not None:
+                queries = lifted = self._grid_queries(prepared, *options.grid)
             with (
                 torch.inference_mode(),
                 torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext(),
@@ -267,7 +425,29 @@ class Upstream(Backend):
                     vis_threshold=threshold,
                 )
                 coords, visibs = coords.float().cpu().numpy(), visibs.cpu().numpy()  # nothing stays on the GPU
-        return unpad(coords, visibs, prepared.num_frames, len(queries))
+        tracks = unpad(coords, visibs, prepared.num_frames, len(queries))
+        return Tracks(tracks.coords, tracks.visibs, lifted)
+
+    def _grid_queries(self, prepared: Prepared, grid_size: int, frame: int) -> np.ndarray:
+        """A grid at `frame` lifted by upstream's get_grid_queries from the resized, edge-filtered depth and the
+        rescaled intrinsics (inference.py's default queries; it lifts at frame 0, this at any frame)."""
+        import torch
+
+        one = slice(frame, frame + 1)
+        lifted = self._inference.get_grid_queries(
+            grid_size=grid_size,
+            depths=torch.from_numpy(prepared.depths[one]).float(),
+            intrinsics=torch.from_numpy(prepared.intrinsics[one]).float(),
+            extrinsics=torch.from_numpy(prepared.extrinsics[one]).float(),
+        )
+        queries = np.asarray(lifted.cpu().numpy(), np.float64).reshape(-1, 4)
+        if not len(queries):
+            raise InvalidInput(
+                f"no point of the {grid_size}x{grid_size} grid has a valid depth at frame {frame} once the depth is "
+                "edge-filtered at the model's resolution: use another grid_frame or explicit queries"
+            )
+        queries[:, 0] = frame
+        return queries
 
     def _filter_depth(self, depth: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
         """Upstream's depth edge filter with inference.py's settings (call with the imports active)."""
@@ -286,7 +466,7 @@ class Upstream(Backend):
 
         def counted(*args: Any, **kwargs: Any) -> Iterator[Any]:
             end = int(kwargs.get("window_end", 0))
-            if end < state["last_end"]:  # windows restart: the backward pass
+            if end <= state["last_end"]:  # windows restart (one-window clips too): the backward pass
                 state["pass"] += 1
             state["last_end"] = end
             report(state["pass"] * frames + min(end, frames), "tracking backward" if state["pass"] else "tracking")
@@ -308,6 +488,7 @@ class Upstream(Backend):
             "checkpoint_format": "TAPIP3D checkpoint {'cfg', 'weight'}",
             "architecture": {"image_size": self.image_size, "seq_len": self.seq_len},
             "details": {
+                "knnquery": self.knn,
                 "root": str(cfg.root),
                 "commit": self.commit,
                 "resolution_factor": cfg.resolution_factor,

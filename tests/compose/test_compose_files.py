@@ -105,7 +105,10 @@ def test_the_dockerfile_has_a_stage_per_deployable_over_a_shared_runtime() -> No
     for torch_service in ("medsam", "biomedclip", "tapip3d"):
         assert stages[torch_service] == "runtime"  # torch is installed once, in `runtime`
     assert stages["runtime"] == "core" and stages["gateway"] == "core" and stages["wilor"] == "base"
-    assert text.count("USER 10001:10001") == 5 and "apt-get" not in text and "gcc" not in text
+    # images for mounted official checkouts: a service image plus that code's PyPI imports, nothing compiled
+    upstream = {stage for stage in stages if stage.endswith("-upstream")}
+    assert "tapip3d-upstream" in upstream and all(stages[s] == s.removesuffix("-upstream") for s in upstream)
+    assert text.count("USER 10001:10001") == 5 + len(upstream) and "apt-get" not in text and "gcc" not in text
     # wheels come from the wheelhouse served to the build, never from an index, never copied into a layer
     installs = re.findall(r"^(?:RUN| &&) [^\n]*pip install [^\n]*", text, re.MULTILINE)
     assert installs and all("--no-index --find-links ${WHEELS}/" in line for line in installs)

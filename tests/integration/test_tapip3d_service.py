@@ -323,9 +323,10 @@ def test_the_cli_writes_a_sample_clip_tracks_it_and_renders_the_tracks(service: 
     assert render.stat().st_size > 0
 
 
-def test_the_upstream_backend_without_cuda_stops_the_service_with_one_clear_error(tmp_path: Path) -> None:
+def test_a_checkout_without_what_the_service_calls_stops_the_service_with_one_clear_error(tmp_path: Path) -> None:
     root = tmp_path / "TAPIP3D"
-    for name in ("utils/inference_utils.py", "models/__init__.py", "datasets/data_ops.py"):
+    files = ("utils/inference_utils.py", "models/__init__.py", "datasets/data_ops.py")
+    for name in (*files, "third_party/pointops2/functions/__init__.py"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("")
     (tmp_path / "tapip3d_final.pth").write_bytes(b"weights")
@@ -334,7 +335,7 @@ def test_the_upstream_backend_without_cuda_stops_the_service_with_one_clear_erro
     service.start()
     assert service.process is not None and service.process.wait(120) == 2
     log = (tmp_path / "log").read_text()
-    assert "needs CUDA" in log and "backend: lift2d" in log
+    assert "is not the TAPIP3D this service runs: its utils.inference_utils has no inference, get_grid_queries" in log
 
 
 # -- no escape through shared memory; outputs never overwrite by surprise ----------------------------------
