@@ -17,7 +17,7 @@ import yaml
 from modelyard.gateway.calls import CallFailed, ServiceClient
 from modelyard.gateway.jobs import Item, ItemState, JobRecord, JobState, JobStore, job_id
 from modelyard.gateway.pipeline import Pipeline, StepContext
-from modelyard.runtime.errors import InvalidInput, ModelyardError, NotFound, ResourceExhausted
+from modelyard.runtime.errors import ConfigError, InvalidInput, ModelyardError, NotFound, ResourceExhausted
 from modelyard.runtime.paths import confined
 
 log = logging.getLogger("modelyard.gateway")
@@ -83,6 +83,12 @@ class Engine:
         if pipeline is None:
             raise InvalidInput(f"unknown pipeline '{pipeline_name}'; known: {', '.join(sorted(self.pipelines))}")
         parsed = _options(pipeline, options)
+        unreachable = [name for name in pipeline.services_needed(parsed) if name not in self.clients]
+        if unreachable:  # refused whole, instead of failing every item on a missing client
+            raise ConfigError(
+                f"pipeline {pipeline_name} needs {', '.join(unreachable)}, which this gateway has no address for: "
+                f"add services.<name>.addresses to its config (modelyard up: a <name>.yaml in --config-dir)"
+            )
         input_path = confined(self.data_root, input_rel)
         request = {"input": input_rel, "output": output_rel, "options": parsed.model_dump(mode="json")}
         with self._lock:  # back-pressure: every running job holds threads; a resubmitted running job is no new one
