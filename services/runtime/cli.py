@@ -145,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "address_of", None) and args.address is None:
         args.address = service_address(args.address_of)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is handled below
+        return code
     except UsageError as exc:
         _say(args, str(exc))
         return USAGE_ERROR
@@ -164,4 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m` runs this file as __main__: take main from the module other packages import, so the
+    # UsageError they raise is the one caught.
+    from modelyard.runtime.cli import main as package_main
+
+    sys.exit(package_main())
