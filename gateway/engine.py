@@ -83,12 +83,6 @@ class Engine:
         if pipeline is None:
             raise InvalidInput(f"unknown pipeline '{pipeline_name}'; known: {', '.join(sorted(self.pipelines))}")
         parsed = _options(pipeline, options)
-        unreachable = [name for name in pipeline.services_needed(parsed) if name not in self.clients]
-        if unreachable:  # refused whole, instead of failing every item on a missing client
-            raise ConfigError(
-                f"pipeline {pipeline_name} needs {', '.join(unreachable)}, which this gateway has no address for: "
-                f"add services.<name>.addresses to its config (modelyard up: a <name>.yaml in --config-dir)"
-            )
         input_path = confined(self.data_root, input_rel)
         request = {"input": input_rel, "output": output_rel, "options": parsed.model_dump(mode="json")}
         with self._lock:  # back-pressure: every running job holds threads; a resubmitted running job is no new one
@@ -101,6 +95,12 @@ class Engine:
         items = pipeline.plan(input_path, parsed, self.data_root)
         if not items:
             raise InvalidInput(f"input {input_rel} holds no items for pipeline {pipeline_name}")
+        unreachable = [name for name in pipeline.services_needed(parsed) if name not in self.clients]
+        if unreachable:  # refused whole (after the input's own checks), instead of failing every item
+            raise ConfigError(
+                f"pipeline {pipeline_name} needs {', '.join(unreachable)}, which this gateway has no address for: "
+                f"add services.<name>.addresses to its config (modelyard up: a <name>.yaml in --config-dir)"
+            )
         job, resumed = self.store.open_job(pipeline_name, request, items)
         with self._lock:
             already = job.id in self._running
