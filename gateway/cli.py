@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import yaml
 
 from modelyard.gateway.doctor import add_doctor_command
 from modelyard.gateway.planner import add_plan_command
+from modelyard.runtime.cli import INTERRUPTED, USAGE_ERROR, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from modelyard.gateway.client import GatewayClient
+    from modelyard.v1 import gateway_pb2
 
 DEFAULT_STATE = ".modelyard"
+# A refused request is the user's to fix (exit 2); anything else failed the work (exit 1).
+USER_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAVAILABLE,
+}
 
 
 def _gateway_address(args: argparse.Namespace) -> str:
@@ -23,35 +41,74 @@ def _gateway_address(args: argparse.Namespace) -> str:
 
     state = read_state(Path(args.state_dir))
     if "gateway" not in state:
-        raise SystemExit("no gateway: pass --gateway host:port, or start the local stack with `modelyard up`")
+        raise UsageError("no gateway: pass --gateway host:port, or start the local stack with `modelyard up`")
     return state["gateway"].address
 
 
 def _data_relative(path: str, args: argparse.Namespace) -> str:
-    """With the local stack, paths are this machine's (existing or not) and must lie under its data root; with
-    --gateway they are sent as given, relative to that gateway's data root."""
+    """A path as the gateway takes it: relative to its data root.
+
+    With --gateway it is sent as given. With the local stack a relative path is read from the working directory
+    when that lands under the data root (what the shell completed), else from the data root itself (as with
+    --gateway); an absolute one must lie under the data root."""
     config = Path(args.state_dir) / "gateway.yaml"
     if args.gateway or not config.exists():
         return path
     root = Path(yaml.safe_load(config.read_text())["data_root"]).resolve()
-    resolved = Path(path).resolve()
+    here = Path(path).resolve()
+    resolved = here if here.is_relative_to(root) or Path(path).is_absolute() else (root / path).resolve()
     if not resolved.is_relative_to(root):
-        raise SystemExit(f"{path} is outside the stack's data root {root}")
+        raise UsageError(f"{path} is outside the stack's data root {root}")
     return str(resolved.relative_to(root))
 
 
-def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace) -> GatewayClient:
     from modelyard.gateway.client import GatewayClient
 
     token = Path(args.token_file).read_text().strip() if args.token_file else os.environ.get("MODELYARD_TOKEN")
     return GatewayClient(_gateway_address(args), token=token)
 
 
+def _failed_call(args: argparse.Namespace, exc: grpc.RpcError) -> int:
+    code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE:
+        where = args.gateway or "the local stack's gateway"
+        details = f"no gateway answers at {where} ({details}); start it (`modelyard up`) or pass --gateway host:port"
+    print(f"modelyard {args.command}: {code.name}: {details}", file=sys.stderr)
+    return USAGE_ERROR if code in USER_CODES else 1
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE (e.g. TOPK=16; `modelyard pipelines` lists keys)")
+    return key.strip(), value
+
+
+def _interrupted(job: gateway_pb2.Job | None) -> int:
+    if job is None:
+        print(
+            "\ninterrupted before the gateway answered: the job may have started there; `modelyard jobs list` shows it",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"\ninterrupted: job {job.id} continues on the gateway ({job.done + job.failed}/{job.total} items so far). "
+            f"Follow it: `modelyard jobs watch {job.id}` (or `jobs show {job.id}`, or run the same command again); "
+            f"stop it: `modelyard jobs cancel {job.id}`",
+            file=sys.stderr,
+        )
+    return INTERRUPTED
+
+
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    options = dict(kv.split("=", 1) for kv in args.option or [])
+    options = dict(args.option or [])
+    if args.config and not Path(args.config).is_file():
+        raise UsageError(f"--config {args.config}: no such file")
     config_text = Path(args.config).read_text() if args.config else ""
+    input_rel, output_rel = _data_relative(args.input, args), _data_relative(args.out, args)
     client = _client(args)
     last = None
     try:
@@ -60,9 +117,7 @@ def _run(args: argparse.Namespace) -> int:
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False,
         ) as progress:  # fmt: skip
             task = progress.add_task(args.pipeline, total=None, status="")
-            for event in client.run(
-                args.pipeline, _data_relative(args.input, args), _data_relative(args.out, args), options, config_text
-            ):
+            for event in client.run(args.pipeline, input_rel, output_rel, options, config_text):
                 job = event.job
                 last = job
                 if job.resumed:
@@ -72,8 +127,9 @@ def _run(args: argparse.Namespace) -> int:
                 if event.HasField("item") and event.item.state == "failed":
                     progress.console.print(f"[red]item {event.item.key} failed:[/red] {event.item.error}")
     except grpc.RpcError as exc:
-        print(f"modelyard run: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        return _failed_call(args, exc)
+    except KeyboardInterrupt:
+        return _interrupted(last)
     finally:
         client.close()
     assert last is not None
@@ -86,22 +142,71 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if last.state == "done" else 1
 
 
+def _when(seconds: float) -> str:
+    if not seconds:
+        return ""
+    return dt.datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)  # piped: no column cut to 80
+
+
+def _show_job(job: gateway_pb2.Job) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("job", job.id),
+        ("pipeline", job.pipeline),
+        ("state", job.state + (" (resumed)" if job.resumed else "")),
+        ("items", f"{job.total}: {job.done} done, {job.failed} failed, {job.running} running, {job.pending} pending"),
+        ("output", job.output),
+        ("created", _when(job.created)),
+        ("updated", _when(job.updated)),
+        *((("error", job.error),) if job.error else ()),
+        *sorted(job.summary.items()),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    _console().print(table)
+
+
 def _jobs(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    if args.action != "list" and not args.id:
+        raise UsageError(f"`jobs {args.action}` needs a job id (`modelyard jobs list` shows them)")
     client = _client(args)
     try:
         if args.action == "list":
-            for job in client.jobs():
-                print(
-                    f"{job.id}  {job.pipeline:8} {job.state:9} {job.done}/{job.total} done, "
-                    f"{job.failed} failed  {job.output}"
-                )
+            table = Table("job", "pipeline", "state", "done", "failed", "output", "updated", box=None)
+            for job in client.jobs(args.limit):
+                table.add_row(job.id, job.pipeline, job.state, f"{job.done}/{job.total} done", str(job.failed),
+                              job.output, _when(job.updated))  # fmt: skip
+            _console().print(table)
         elif args.action == "show":
-            print(client.get(args.id))
+            _show_job(client.get(args.id))
+        elif args.action == "watch":
+            last = None
+            try:
+                for event in client.watch(args.id):
+                    last = event.job
+                    if event.HasField("item") and event.item.state in ("done", "failed"):
+                        print(f"{event.item.state:6} {event.item.key} {event.item.error}".rstrip(), flush=True)
+            except KeyboardInterrupt:
+                return _interrupted(last)
+            if last is not None:
+                _show_job(last)
+            return 0 if last is None or last.state == "done" else 1
         elif args.action == "cancel":
-            print(client.cancel(args.id))
+            _show_job(client.cancel(args.id))
     except grpc.RpcError as exc:
-        print(f"modelyard jobs: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        return _failed_call(args, exc)
     finally:
         client.close()
     return 0
@@ -114,6 +219,8 @@ def _pipelines(args: argparse.Namespace) -> int:
             print(f"{info.name}: {info.description} (services: {', '.join(info.services)})")
             for option in info.options:
                 print(f"  {option.name} = {option.default!r}  {option.help}")
+    except grpc.RpcError as exc:
+        return _failed_call(args, exc)
     finally:
         client.close()
     return 0
@@ -123,9 +230,19 @@ def _up(args: argparse.Namespace) -> int:
     from modelyard.gateway.local import up
 
     config_dir = Path(args.config_dir)
+    if not config_dir.is_dir():
+        raise UsageError(f"--config-dir {config_dir}: no such folder (it holds <service>.yaml configs)")
     names = args.services.split(",") if args.services else sorted(p.stem for p in config_dir.glob("*.yaml"))
     configs = {name: config_dir / f"{name}.yaml" for name in names if name != "gateway"}
-    processes = up(configs, Path(args.data_root), Path(args.state_dir), args.port)
+    if not configs:
+        raise UsageError(f"--config-dir {config_dir} holds no <service>.yaml (medsam.yaml, biomedclip.yaml, ...)")
+    missing = [str(path) for path in configs.values() if not path.is_file()]
+    if missing:
+        raise UsageError(f"no config {', '.join(missing)} (--services names <service>.yaml files of --config-dir)")
+    try:
+        processes = up(configs, Path(args.data_root), Path(args.state_dir), args.port)
+    except (RuntimeError, TimeoutError) as exc:  # already up, or a service that failed to start (its log named)
+        raise UsageError(str(exc)) from None
     for p in processes.values():
         print(f"{p.name:10} {p.address:22} pid {p.pid}  log {p.log}")
     return 0
@@ -180,13 +297,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.add_argument("--input", required=True, help="input table / video / folder (under the data root)")
     run.add_argument("--out", required=True, help="output folder (under the data root)")
     run.add_argument("--config", help="options file: a .conf of KEY=VALUE lines or YAML")
-    run.add_argument("--option", action="append", help="KEY=VALUE (repeatable; wins over --config)")
+    run.add_argument("--option", action="append", type=_option, help="KEY=VALUE (repeatable; wins over --config)")
     common(run)
     run.set_defaults(func=_run)
 
-    jobs = sub.add_parser("jobs", help="list, show or cancel jobs")
-    jobs.add_argument("action", choices=["list", "show", "cancel"])
-    jobs.add_argument("id", nargs="?")
+    jobs = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
+    jobs.add_argument(
+        "action",
+        choices=["list", "show", "watch", "cancel"],
+        help="list: newest jobs; show ID: one job; watch ID: follow it until it ends; cancel ID: stop scheduling it",
+    )
+    jobs.add_argument("id", nargs="?", help="a job id (from `jobs list` or `run`)")
+    jobs.add_argument("--limit", type=int, default=50, help="jobs listed (default 50)")
     common(jobs)
     jobs.set_defaults(func=_jobs)
 

@@ -21,7 +21,7 @@ from modelyard.gateway.cancel import Cancellation
 from modelyard.gateway.inputs import plain
 from modelyard.gateway.jobs import Item, ItemState, JobRecord, JobState, JobStore, job_id
 from modelyard.gateway.pipeline import Pipeline, StepContext
-from modelyard.runtime.errors import InvalidInput, ModelyardError, NotFound, ResourceExhausted
+from modelyard.runtime.errors import ConfigError, InvalidInput, ModelyardError, NotFound, ResourceExhausted
 from modelyard.runtime.paths import confined
 
 log = logging.getLogger("modelyard.gateway")
@@ -127,6 +127,12 @@ class Engine:
         items = pipeline.plan(input_path, parsed, self.data_root)
         if not items:
             raise InvalidInput(f"input {input_rel} holds no items for pipeline {pipeline_name}")
+        unreachable = [name for name in pipeline.services_needed(parsed) if name not in self.clients]
+        if unreachable:  # refused whole (after the input's own checks), instead of failing every item
+            raise ConfigError(
+                f"pipeline {pipeline_name} needs {', '.join(unreachable)}, which this gateway has no address for: "
+                f"add services.<name>.addresses to its config (modelyard up: a <name>.yaml in --config-dir)"
+            )
         with self._lock:
             jid = job_id(pipeline_name, request)
             if jid in self._running:  # already running: nothing to reopen, the caller watches it

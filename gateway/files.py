@@ -34,11 +34,32 @@ def remove_orphans(folder: Path) -> int:
     return removed
 
 
+def _read_umask() -> int:
+    """The process umask, read without changing it (os.umask sets it, racing with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): read it once, at import, before any worker thread
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; outputs get the mode a plain open() would give them (0644 under umask 022),
+# so the host user who mounted the data folder can read what the stack wrote.
+OUTPUT_MODE = 0o666 & ~_read_umask()
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(temp_path)`, then move the finished file to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, OUTPUT_MODE)
+    finally:
+        os.close(fd)
     temp = Path(tmp)
     try:
         write(temp)

@@ -28,11 +28,15 @@ from modelyard.runtime.launch import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN_FILE = "service.token"
-# Services whose backends pin dependencies the main environment cannot hold run in their own (make setup).
+# Services whose backends pin dependencies the main environment cannot hold run in their own (make setup):
+# MODELYARD_<SERVICE>_PYTHON names its interpreter (a pip install has no .venv-wilor beside it).
 SERVICE_ENVS = {"wilor": REPO_ROOT / ".venv-wilor" / "bin" / "python"}
 
 
 def python_for(service: str) -> str:
+    named = os.environ.get(f"MODELYARD_{service.upper()}_PYTHON")
+    if named:
+        return named
     own = SERVICE_ENVS.get(service)
     return str(own) if own is not None and own.exists() else sys.executable
 

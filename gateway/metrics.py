@@ -4,13 +4,15 @@ status code, and the latency of every service call (per service and RPC)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from modelyard.gateway.calls import RETRYABLE
 
 
 class _StoreCollector(Collector):
@@ -38,7 +40,7 @@ class _StoreCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, store_path: Path, services: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         self.retries = Counter(
             "modelyard_gateway_retries", "service calls retried", ["service", "code"], registry=self.registry
@@ -51,6 +53,9 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_StoreCollector(store_path))
+        for service in services:  # series at 0 for every service and retried code, before the first retry
+            for code in sorted(RETRYABLE, key=lambda c: c.name):
+                self.retries.labels(service, code.name)
 
     def on_retry(self, service: str, code: grpc.StatusCode) -> None:
         self.retries.labels(service, code.name).inc()

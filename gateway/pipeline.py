@@ -39,6 +39,10 @@ class Pipeline(ABC, Generic[OptionsT]):
     services: ClassVar[tuple[str, ...]]
     options_schema: ClassVar[type[BaseModel]]
 
+    def services_needed(self, options: OptionsT) -> tuple[str, ...]:
+        """The services a job with these options calls (the gateway refuses it when one has no address)."""
+        return self.services
+
     def concurrency(self, options: OptionsT) -> int:
         """Items of one job in flight at once (each service also bounds its own in-flight calls)."""
         return 8

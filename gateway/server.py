@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 from pydantic import ValidationError
@@ -30,6 +29,7 @@ from modelyard.runtime.auth import TokenInterceptor, read_token
 from modelyard.runtime.config import parse_config
 from modelyard.runtime.errors import ConfigError, ModelyardError
 from modelyard.runtime.metrics import ServiceMetrics
+from modelyard.runtime.reflection import enable_reflection
 from modelyard.runtime.server import RequestInterceptor
 from modelyard.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -188,7 +188,7 @@ def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | No
     logs.configure()
     try:
         config = load_gateway_config(config_path)
-        gateway_metrics = GatewayMetrics(config.store_path)
+        gateway_metrics = GatewayMetrics(config.store_path, services=tuple(config.services))
         engine = build_engine(config, gateway_metrics)
     except ModelyardError as exc:
         log.error(exc.message, extra={"fields": {"service": "gateway"}})
@@ -207,7 +207,7 @@ def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | No
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(engine), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
+    enable_reflection((SERVICE_NAME, "grpc.health.v1.Health"), server)
     address = f"{bind}:{port}"
     if config.tls is not None:
         credentials = grpc.ssl_server_credentials([(config.tls.key.read_bytes(), config.tls.cert.read_bytes())])

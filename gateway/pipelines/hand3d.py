@@ -166,6 +166,10 @@ class Hand3D(Pipeline[Hand3DOptions]):
                         continue
                     best = max(candidates, key=lambda h: h.score if h.HasField("score") else 0.0)
                     _store_hand(sides[side_name], frame.frame_index, best, t)
+        for side in sides.values():  # one layout whatever was detected: every filled field, NaN where not valid
+            for name in filled:
+                if name in HAND_FIELDS and name not in side:
+                    side[name] = np.full((t, *HAND_FIELDS[name]), np.nan, np.float32)
         return sides, backend, filled
 
     def finalize(self, job: JobRecord, items: list[Item], ctx: StepContext[Hand3DOptions]) -> dict[str, str]:

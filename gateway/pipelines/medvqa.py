@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +49,8 @@ COLORMAPS = {
 ANSWER_COLUMNS = ("answer_text", "answer", "reference_answer")
 SCENARIO_SHIFT_PX = 50  # scenario C: the prompt box is moved this far (the seed's robustness test)
 SHM = Path("/dev/shm")
+MODEL_NAMES = {"biomedclip": "BiomedCLIP", "medsam": "MedSAM"}
+log = logging.getLogger("modelyard.gateway.medvqa")
 
 
 def _bgr(text: str) -> tuple[int, int, int]:
@@ -130,9 +133,17 @@ class MedVQAOptions(Strict):
         return value
 
     @property
-    def cam(self) -> biomedclip_pb2.CamOptions:
-        method = (self.CAM_METHOD or self.CAM_VERSION).lower()
-        return biomedclip_pb2.CamOptions(method=CAM_METHODS[method], top_k=self.TOPK if method == "gscorecam" else 0)
+    def cam_method(self) -> str:
+        return (self.CAM_METHOD or self.CAM_VERSION).lower()
+
+    def cam(self, top_k: int) -> biomedclip_pb2.CamOptions:
+        method = self.cam_method
+        return biomedclip_pb2.CamOptions(method=CAM_METHODS[method], top_k=top_k if method == "gscorecam" else 0)
+
+    def services_used(self) -> tuple[str, ...]:
+        """The services this stage and mode call (gold boxes need no BiomedCLIP, only segmentation MedSAM)."""
+        used = ("biomedclip",) if self.STAGE == "heatmap" or self.MODE == "inference" else ()
+        return used + (("medsam",) if self.STAGE == "segmentation" else ())
 
     @property
     def localize(self) -> biomedclip_pb2.LocalizeOptions:
@@ -167,6 +178,9 @@ class MedVQA(Pipeline[MedVQAOptions]):
 
     def concurrency(self, options: MedVQAOptions) -> int:
         return options.BATCH_SIZE
+
+    def services_needed(self, options: MedVQAOptions) -> tuple[str, ...]:
+        return options.services_used()
 
     # -- planning ---------------------------------------------------------------------------------------
     def plan(self, input_path: Path, options: MedVQAOptions, data_root: Path) -> list[Item]:
@@ -212,15 +226,27 @@ class MedVQA(Pipeline[MedVQAOptions]):
         image = _decode(data, p["image"])
         stem = Path(p["image"]).stem + f"_idx{p['index']}" + (f"_{_slug(p['region'])}" if p["region"] else "")
         prompts = self._prompts(p, o)
+        models = {name: _model_info(ctx, name, item) for name in o.services_used()}
         record: dict[str, Any] = {"prompt_used": " | ".join(prompts), "mode": o.MODE, "stage": o.STAGE}
+        notes: list[str] = []
+        top_k = o.TOPK
+        if "biomedclip" in models and o.cam_method == "gscorecam":
+            top_k, warning = _fit_top_k(o.TOPK, models["biomedclip"].pop("cam_channels"))
+            record["top_k"] = top_k
+            notes += [warning] if warning else []
+        for info in models.values():
+            info.pop("cam_channels", None)
+        record["models"] = models
         if o.STAGE == "heatmap":
-            shown = self._heatmap(item, ctx, data, prompts[0], stem)
+            shown = self._heatmap(item, ctx, data, prompts[0], stem, top_k)
             record["heatmap"] = shown
         else:
-            boxes, notes = self._boxes(item, ctx, data, image, prompts)
+            boxes, box_notes = self._boxes(item, ctx, data, image, prompts, top_k)
             record["predicted_boxes"] = [[round(v, 2) for v in b] for b in boxes]
-            if notes:
-                record["notes"] = notes
+            notes += box_notes
+        if notes:
+            record["notes"] = notes
+        if o.STAGE != "heatmap":
             if o.STAGE == "bbox":
                 shown = self._draw(ctx, image, boxes, stem + Path(p["image"]).suffix.lower(), prompts)
             else:
@@ -240,7 +266,13 @@ class MedVQA(Pipeline[MedVQAOptions]):
         return [o.PROMPT.strip() or o.FALLBACK_PROMPT]
 
     def _boxes(
-        self, item: Item, ctx: StepContext[MedVQAOptions], data: bytes, image: np.ndarray, prompts: list[str]
+        self,
+        item: Item,
+        ctx: StepContext[MedVQAOptions],
+        data: bytes,
+        image: np.ndarray,
+        prompts: list[str],
+        top_k: int,
     ) -> tuple[list[list[float]], list[str]]:
         o = ctx.options
         h, w = image.shape[:2]
@@ -254,7 +286,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
             items=[
                 biomedclip_pb2.PromptedImage(image=types_pb2.Image(encoded=data), prompt=prompt) for prompt in prompts
             ],
-            cam=o.cam,
+            cam=o.cam(top_k),
             options=o.localize,
         )
         response = ctx.clients["biomedclip"].call("Localize", request, ctx.request_id(item, "localize"))
@@ -282,11 +314,13 @@ class MedVQA(Pipeline[MedVQAOptions]):
         files.write_bytes(path, _encode(picture, path.suffix))
         return _rel(path, ctx.output_dir)
 
-    def _heatmap(self, item: Item, ctx: StepContext[MedVQAOptions], data: bytes, prompt: str, stem: str) -> str:
+    def _heatmap(
+        self, item: Item, ctx: StepContext[MedVQAOptions], data: bytes, prompt: str, stem: str, top_k: int
+    ) -> str:
         o = ctx.options
         request = biomedclip_pb2.HeatmapRequest(
             items=[biomedclip_pb2.PromptedImage(image=types_pb2.Image(encoded=data), prompt=prompt)],
-            cam=o.cam,
+            cam=o.cam(top_k),
             render=biomedclip_pb2.RenderOptions(
                 composite=True, colormap=COLORMAPS[o.COLORMAP], alpha=o.ALPHA if o.COMPOSITE_MODE else 1.0,
                 label=prompt if o.DRAW_LABELS else "",
@@ -351,11 +385,14 @@ class MedVQA(Pipeline[MedVQAOptions]):
             ({**i.payload["row"], **i.outputs, "image_path": i.outputs["image_path"]} for i in done),
         )
         failed = [i for i in items if i.state == ItemState.FAILED]
+        top_ks = sorted({i.outputs["top_k"] for i in done if "top_k" in i.outputs})
         lines = [
             f"medvqa job {job.id}: stage {o.STAGE}, mode {o.MODE}",
             f"input: {job.request['input']}",
             f"items: {len(items)}  done: {len(done)}  failed: {len(failed)}",
             f"options: {json.dumps(o.model_dump(mode='json'), sort_keys=True)}",
+            *(_model_lines(done)),
+            *([f"gScoreCAM top_k used: {', '.join(map(str, top_ks))} (TOPK {o.TOPK})"] if top_ks else []),
             "",
             *(f"FAILED {i.key}: {i.error}" for i in failed),
         ]
@@ -365,6 +402,42 @@ class MedVQA(Pipeline[MedVQAOptions]):
             "predictions": _rel(predictions, ctx.data_root),
             "report": _rel(report, ctx.data_root),
         }
+
+
+def _model_info(ctx: StepContext[MedVQAOptions], service: str, item: Item) -> dict[str, Any]:
+    """Which model answered (recorded with every item): random-weight results must never pass for real ones."""
+    info = ctx.clients[service].call("Info", types_pb2.InfoRequest(), ctx.request_id(item, f"info-{service}"))
+    record: dict[str, Any] = {
+        "model": info.model,
+        "checkpoint": info.checkpoint,
+        "checkpoint_sha256": info.checkpoint_sha256,
+        "random_weights": info.random_weights,
+    }
+    if service == "biomedclip":
+        record["cam_channels"] = int(json.loads(info.architecture or "{}").get("cam_channels") or 0)
+    return record
+
+
+def _fit_top_k(top_k: int, channels: int) -> tuple[int, str]:
+    """TOPK beyond the target layer's channels (300 on the tiny model's 64) uses them all, and says so."""
+    if not channels or top_k <= channels:
+        return top_k, ""
+    warning = f"TOPK {top_k} exceeds the {channels} channels of BiomedCLIP's target layer: gScoreCAM used {channels}"
+    log.warning(warning)
+    return channels, warning
+
+
+def _model_lines(done: list[Item]) -> list[str]:
+    """One line per (service, checkpoint) the done items were made with; RANDOM WEIGHTS said in capitals."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in done:
+        for service, info in item.outputs.get("models", {}).items():
+            seen.setdefault((service, info["checkpoint_sha256"]), info)
+    lines = []
+    for (service, sha), info in sorted(seen.items()):
+        warning = "  RANDOM WEIGHTS: these outputs mean nothing" if info.get("random_weights") else ""
+        lines.append(f"{MODEL_NAMES[service]}: {info['model']}, checkpoint {info['checkpoint']} sha256 {sha}{warning}")
+    return lines
 
 
 def _answer(row: dict[str, Any], o: MedVQAOptions) -> str:

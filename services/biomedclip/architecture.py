@@ -98,6 +98,20 @@ def _has_any(folder: Path, names: tuple[str, ...]) -> bool:
     return any((folder / n).is_file() for n in names)
 
 
+# A top-level key of open_clip_config.json that write_tiny_model adds, naming its randomly initialised checkpoint.
+RANDOM_WEIGHTS_KEY = "modelyard_random_weights"
+
+
+def declares_random_weights(files: ModelFiles) -> bool:
+    """Whether the checkpoint in use is the one its folder's config declares random (write_tiny_model's)."""
+    try:
+        raw = json.loads((files.model_dir / OPEN_CLIP_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    named = raw.get(RANDOM_WEIGHTS_KEY) if isinstance(raw, dict) else None
+    return isinstance(named, str) and files.checkpoint.resolve() == (files.model_dir / named).resolve()
+
+
 def _read_open_clip_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         raw = json.loads(path.read_text())
@@ -406,6 +420,7 @@ def write_tiny_model(
             "mean": [0.48145466, 0.4578275, 0.40821073],
             "std": [0.26862954, 0.26130258, 0.27577711],
         },
+        RANDOM_WEIGHTS_KEY: CHECKPOINT_NAMES[2],
     }
     (model_dir / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=2))
     cfg = copy.deepcopy(config["model_cfg"])

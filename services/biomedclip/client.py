@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.cli import add_address_argument
 from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.v1 import biomedclip_pb2, biomedclip_pb2_grpc, types_pb2
 
@@ -206,7 +207,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     actions = parser.add_subparsers(dest="action", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--address", default="127.0.0.1:50051", help="host:port of the BiomedCLIP service")
+        add_address_argument(p, "biomedclip", "BiomedCLIP")
         p.add_argument("--token-file", help="the service's token (default: $MODELYARD_SERVICE_TOKEN_FILE)")
 
     def cam(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modelyard.biomedclip.architecture import ModelFiles, load_model, load_tokenizer, resolve_files, vision_shape
+from modelyard.biomedclip.architecture import (
+    ModelFiles,
+    declares_random_weights,
+    load_model,
+    load_tokenizer,
+    resolve_files,
+    vision_shape,
+)
 from modelyard.biomedclip.cam import CamEngine
 from modelyard.biomedclip.config import BiomedCLIPConfig
 from modelyard.biomedclip.preprocess import FrameGeometry, ImageSettings, min_max, to_frame, to_original
@@ -109,6 +116,7 @@ class BiomedCLIPAdapter(ModelAdapter[BiomedCLIPConfig, Item, Result]):
                 f"{cfg.cam.target_layer}; set it to at most {self.engine.channels}"
             )
         self.checkpoint_sha256 = sha256_of(self.files.checkpoint)
+        self.random_weights = declares_random_weights(self.files)
 
     def warmup(self) -> None:
         rng = np.random.default_rng(0)
@@ -233,6 +241,7 @@ class BiomedCLIPAdapter(ModelAdapter[BiomedCLIPConfig, Item, Result]):
             "checkpoint": str(files.checkpoint),
             "checkpoint_sha256": self.checkpoint_sha256,
             "checkpoint_format": self.checkpoint_format,
+            "random_weights": self.random_weights,
             "architecture": {
                 "embed_dim": files.model_cfg.get("embed_dim"),
                 "vision_cfg": vision,

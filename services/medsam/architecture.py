@@ -64,6 +64,19 @@ def parameter_bytes(arch: Architecture) -> int:
     return sum(p.numel() for p in model.parameters()) * 4
 
 
+# A top-level entry that write_random_checkpoint adds: the file says it holds random weights, wherever it is copied.
+RANDOM_WEIGHTS_KEY = "modelyard_random_weights"
+
+
+def declares_random_weights(path: Path) -> bool:
+    """Whether the checkpoint was written by write_random_checkpoint (memory-mapped: no tensor is read)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an old-format or pickled file: not one of ours
+        return False
+    return isinstance(obj, dict) and obj.get(RANDOM_WEIGHTS_KEY) is True
+
+
 def read_state_dict(path: Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """The SAM state dict in `path` and a description of the format found."""
     try:
@@ -75,6 +88,8 @@ def read_state_dict(path: Path, trust_pickle: bool = False) -> tuple[dict[str, t
                 f"if you trust the file, set model.trust_checkpoint_pickle: true ({exc.__class__.__name__})"
             ) from None
         raise ConfigError(f"checkpoint {path} cannot be read by torch.load: {exc}") from None
+    if isinstance(obj, dict):
+        obj.pop(RANDOM_WEIGHTS_KEY, None)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         state, fmt = obj["model"], "training checkpoint {'model': state_dict}"
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -122,9 +137,9 @@ def write_random_checkpoint(path: Path, arch: Architecture, seed: int = 0, train
     state = build_sam(arch).state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     if training_format:
-        torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 0}, path)
+        torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 0, RANDOM_WEIGHTS_KEY: True}, path)
     else:
-        torch.save(state, path)
+        torch.save({**state, RANDOM_WEIGHTS_KEY: True}, path)
     return path
 
 

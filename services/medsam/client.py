@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.cli import add_address_argument
 from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.runtime.render import overlay_masks
 from modelyard.v1 import medsam_pb2, medsam_pb2_grpc, types_pb2
@@ -78,7 +79,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     medsam = sub.add_parser("medsam", help="call a MedSAM service")
     actions = medsam.add_subparsers(dest="action", required=True)
     seg = actions.add_parser("segment", help="segment an image inside one or more boxes")
-    seg.add_argument("--address", default="127.0.0.1:50051", help="host:port of the MedSAM service")
+    add_address_argument(seg, "medsam", "MedSAM")
     seg.add_argument("--token-file", help="the service's token (default: $MODELYARD_SERVICE_TOKEN_FILE)")
     seg.add_argument("--image", required=True, help="PNG/JPEG/TIFF file")
     seg.add_argument("--box", type=_box, action="append", required=True, help="x1,y1,x2,y2 in pixels (repeatable)")

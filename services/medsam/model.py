@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelyard.medsam.architecture import load_sam, parameter_bytes
+from modelyard.medsam.architecture import declares_random_weights, load_sam, parameter_bytes
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.preprocess import masks_from_logits, scale_boxes
 from modelyard.runtime.adapter import ModelAdapter
@@ -49,6 +49,7 @@ class MedSAMAdapter(ModelAdapter[MedSAMConfig, SegmentItem, Segmentation]):
             cfg.checkpoint, self.arch, self.device, cfg.trust_checkpoint_pickle
         )
         self.checkpoint_sha256 = sha256_of(cfg.checkpoint)
+        self.random_weights = declares_random_weights(cfg.checkpoint)
 
     def warmup(self) -> None:
         size = self.arch.image_size
@@ -89,6 +90,7 @@ class MedSAMAdapter(ModelAdapter[MedSAMConfig, SegmentItem, Segmentation]):
             "checkpoint": str(self.config.checkpoint),
             "checkpoint_sha256": self.checkpoint_sha256,
             "checkpoint_format": self.checkpoint_format,
+            "random_weights": self.random_weights,
             "architecture": self.arch.model_dump(),
             "details": {"mask_threshold": self.config.mask_threshold, "max_pixels": self.config.max_pixels},
         }

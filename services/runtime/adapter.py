@@ -45,7 +45,8 @@ class ModelAdapter(ABC, Generic[ConfigT, ItemT, ResultT]):
         """Run the model on `items` (already validated). Results hold host (numpy) data only."""
 
     def info(self) -> dict[str, Any]:
-        """Fields for ModelInfo: model, backend, checkpoint, checkpoint_sha256, architecture, details."""
+        """Fields for ModelInfo: model, backend, checkpoint, checkpoint_sha256, architecture, details,
+        random_weights (a bool: the checkpoint declares itself randomly initialised)."""
         return {}
 
     def close(self) -> None:

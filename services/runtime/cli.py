@@ -1,18 +1,43 @@
 """The `modelyard` command. `serve` belongs to the runtime; other packages add their commands through the
-entry-point group `modelyard.commands` (a function that adds a subparser)."""
+entry-point group `modelyard.commands` (a function that adds a subparser).
+
+No command shows a traceback for a user error: it prints one line saying what to fix and exits 2 (1 when the
+work itself failed, 130 when interrupted)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from modelyard.runtime import __version__
 
 COMMANDS_GROUP = "modelyard.commands"
+USAGE_ERROR = 2
+INTERRUPTED = 130
+# Where `modelyard up` records what runs where (modelyard.gateway.local writes it): service CLIs find the
+# local stack there when --address is not given.
+LOCAL_STACK = Path(".modelyard") / "stack.json"
+FALLBACK_ADDRESS = "127.0.0.1:50051"
 log = logging.getLogger("modelyard")
+
+
+class UsageError(Exception):
+    """A user error a command detected: `main` prints the message as one line and exits 2."""
+
+
+def service_address(service: str, stack_file: Path = LOCAL_STACK) -> str:
+    """The address of `service` in the local stack of `modelyard up` (in this folder), else 127.0.0.1:50051."""
+    try:
+        entry = json.loads(stack_file.read_text()).get(service) or {}
+    except (OSError, ValueError, AttributeError):
+        return FALLBACK_ADDRESS
+    return str(entry.get("address") or FALLBACK_ADDRESS)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -100,10 +125,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_address_argument(parser: argparse.ArgumentParser, service: str, title: str) -> None:
+    """--address of a service CLI; without it, the local stack's address of `service` (see service_address)."""
+    parser.add_argument(
+        "--address",
+        default=None,
+        help=f"host:port of the {title} service (default: the local stack of `modelyard up`, else {FALLBACK_ADDRESS})",
+    )
+    parser.set_defaults(address_of=service)
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    name = " ".join(str(v) for v in (args.command, getattr(args, "action", None)) if v)
+    print(f"modelyard {name}: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if getattr(args, "address_of", None) and args.address is None:
+        args.address = service_address(args.address_of)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is handled below
+        return code
+    except UsageError as exc:
+        _say(args, str(exc))
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        _say(args, "interrupted")
+        return INTERRUPTED
+    except BrokenPipeError:  # `modelyard pipelines | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A file named on the command line that cannot be read or written (missing, a folder, no permission).
+        _say(args, f"{exc.filename}: {exc.strerror or exc}")
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m` runs this file as __main__: take main from the module other packages import, so the
+    # UsageError they raise is the one caught.
+    from modelyard.runtime.cli import main as package_main
+
+    sys.exit(package_main())

@@ -226,6 +226,7 @@ class ModelHost:
         arch = details.pop("architecture", {})
         extra = {str(k): str(v) for k, v in details.pop("details", {}).items()}
         extra["state"] = self.state.value
+        random_weights = bool(details.pop("random_weights", False))
         return types_pb2.ModelInfo(
             service=self.spec.name,
             device=self.device,
@@ -238,6 +239,7 @@ class ModelHost:
             shared_memory_ok=self._probe_shared_memory(request),
             version=__version__,
             details=extra,
+            random_weights=random_weights,
             **{k: str(v) for k, v in details.items()},
         )
 

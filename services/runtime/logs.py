@@ -1,9 +1,10 @@
-"""Structured logs: one JSON object per line, one line per request."""
+"""Structured logs: one JSON object per line, one line per request; plain text when a person reads a terminal."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -23,9 +24,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """For a terminal: `level logger: message (key=value ...)`, the message as written (no JSON escapes)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = " (" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")" if fields else ""
+        text = f"{record.levelname.lower()} {record.name}: {record.getMessage()}{extra}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
 def configure(level: str = "INFO") -> None:
+    """JSON lines for collectors; readable text when stderr is a terminal (MODELYARD_LOG_FORMAT=json|text wins)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    chosen = os.environ.get("MODELYARD_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
+    handler.setFormatter(TextFormatter() if chosen == "text" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modelyard.runtime.devices import device_memory
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Streams (tracking progress, a whole pipeline run) last as long as their work: minutes to hours.
+_STREAM_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 
 class _GpuMemoryCollector(Collector):
@@ -48,6 +58,10 @@ class ServiceMetrics:
             "modelyard_request_seconds", "request latency", ["service", "method", "code"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.stream_latency = Histogram(
+            "modelyard_stream_seconds", "server-streaming call duration, start to last message",
+            ["service", "method", "code"], buckets=_STREAM_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.queue_wait = Histogram(
             "modelyard_queue_wait_seconds", "time from enqueue to model start", ["service"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
@@ -60,7 +74,11 @@ class ServiceMetrics:
             "modelyard_oom_backoffs", "out-of-memory batch halvings", ["service"], registry=self.registry
         )
         self.queue_depth = Gauge("modelyard_queue_depth", "requests waiting", ["service"], registry=self.registry)
+        self.oom_backoffs.labels(service)  # a series at 0 from the start: rate() and alerts need one
         self.registry.register(_GpuMemoryCollector(service, self.device))
+        # process_* (CPU, RSS, open fds, start time) and python_info, as the default registry has them.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)

@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from modelyard.runtime import logs
 from modelyard.runtime.adapter import ServiceSpec
@@ -23,6 +22,7 @@ from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import ConfigError, InvalidInput, ModelyardError, status_of
 from modelyard.runtime.host import ModelHost
 from modelyard.runtime.metrics import ServiceMetrics
+from modelyard.runtime.reflection import enable_reflection
 
 log = logging.getLogger("modelyard.runtime")
 REQUEST_ID = "x-request-id"
@@ -79,6 +79,7 @@ class RequestInterceptor(grpc.ServerInterceptor):
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 # The same for a server-streaming call: errors raised while streaming end it with their status.
                 call = _Call(self._service, self._metrics, method, metadata, context)
+                call.streaming = True  # timed apart: a stream lasts as long as its work, not one request
                 try:
                     self._check_size(request)
                     yield from streaming(request, context)
@@ -125,6 +126,7 @@ class _Call:
         context.set_trailing_metadata(((REQUEST_ID, self.request_id),))
         self.started = time.perf_counter()
         self.code, self.message = grpc.StatusCode.OK, ""
+        self.streaming = False
 
     def failed(self, exc: Exception) -> None:
         self.code, self.message = status_of(exc)
@@ -133,7 +135,8 @@ class _Call:
 
     def record(self) -> None:
         duration = time.perf_counter() - self.started
-        self.metrics.latency.labels(self.service, self.method, self.code.name).observe(duration)
+        histogram = self.metrics.stream_latency if self.streaming else self.metrics.latency
+        histogram.labels(self.service, self.method, self.code.name).observe(duration)
         fields = {
             "service": self.service,
             "method": self.method,
@@ -168,14 +171,7 @@ def build_server(host: ModelHost, address: str) -> tuple[grpc.Server, int]:
     )
     host.spec.add_to_server(host.spec.make_servicer(host), server)
     health_pb2_grpc.add_HealthServicer_to_server(host.health, server)
-    reflection.enable_server_reflection(
-        (
-            host.spec.proto_service,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    enable_reflection((host.spec.proto_service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise ConfigError(f"cannot listen on {address}: the port is taken or the address is not local")

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.cli import add_address_argument
 from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.v1 import tapip3d_pb2, tapip3d_pb2_grpc
 
@@ -224,7 +225,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     tapip3d = sub.add_parser("tapip3d", help="call a TAPIP3D service (3D point tracks from RGB-D video)")
     actions = tapip3d.add_subparsers(dest="action", required=True)
     track = actions.add_parser("track", help="track points through an RGB-D sequence, showing progress")
-    track.add_argument("--address", default="127.0.0.1:50051", help="host:port of the TAPIP3D service")
+    add_address_argument(track, "tapip3d", "TAPIP3D")
     track.add_argument("--token-file", help="the service's token (default: $MODELYARD_SERVICE_TOKEN_FILE)")
     source = track.add_mutually_exclusive_group(required=True)
     source.add_argument("--sequence", help="an .npz on the service's data volume (path relative to it)")

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.cli import add_address_argument
 from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.runtime.render import draw_skeletons
 from modelyard.v1 import types_pb2, wilor_pb2, wilor_pb2_grpc
@@ -188,7 +189,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     wilor = sub.add_parser("wilor", help="call a WiLoR service")
     actions = wilor.add_subparsers(dest="action", required=True)
     detect = actions.add_parser("detect", help="hands in images or a frame sequence, written as JSON")
-    detect.add_argument("--address", default="127.0.0.1:50051", help="host:port of the WiLoR service")
+    add_address_argument(detect, "wilor", "WiLoR")
     detect.add_argument("--token-file", help="the service's token (default: $MODELYARD_SERVICE_TOKEN_FILE)")
     source = detect.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", action="append", help="PNG/JPEG file (repeatable)")

@@ -84,7 +84,7 @@ class InfoRequest(_message.Message):
     def __init__(self, shared_memory_probe: _Optional[str] = ..., shared_memory_token: _Optional[bytes] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("service", "model", "backend", "checkpoint", "checkpoint_sha256", "checkpoint_format", "device", "architecture", "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "rss_bytes", "max_batch_size", "fitted_batch_size", "shared_memory_ok", "version", "details")
+    __slots__ = ("service", "model", "backend", "checkpoint", "checkpoint_sha256", "checkpoint_format", "device", "architecture", "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "rss_bytes", "max_batch_size", "fitted_batch_size", "shared_memory_ok", "version", "details", "random_weights")
     class DetailsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class ModelInfo(_message.Message):
     SHARED_MEMORY_OK_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     service: str
     model: str
     backend: str
@@ -124,4 +125,5 @@ class ModelInfo(_message.Message):
     shared_memory_ok: bool
     version: str
     details: _containers.ScalarMap[str, str]
-    def __init__(self, service: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., checkpoint_format: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., gpu_memory_allocated_bytes: _Optional[int] = ..., gpu_memory_reserved_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., fitted_batch_size: _Optional[int] = ..., shared_memory_ok: bool = ..., version: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    random_weights: bool
+    def __init__(self, service: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., checkpoint_format: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., gpu_memory_allocated_bytes: _Optional[int] = ..., gpu_memory_reserved_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., fitted_batch_size: _Optional[int] = ..., shared_memory_ok: bool = ..., version: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., random_weights: bool = ...) -> None: ...

@@ -82,7 +82,8 @@ class MediaPipeHands:
         except ImportError as exc:
             raise ConfigError(
                 f"the mediapipe backend needs mediapipe 0.10.x ({exc}); run the service in its own environment: "
-                "`make setup-wilor` (pip install -e '.[wilor]')"
+                "`pip install 'modelyard[wilor]'` into a virtualenv of its own (in a checkout: `make setup-wilor`) "
+                "and point MODELYARD_WILOR_PYTHON at its python for `modelyard up`"
             ) from None
         self._solution_base = SolutionBase
         self._graph_file = mp_hands._BINARYPB_FILE_PATH
