@@ -386,7 +386,7 @@ def write_tiny_model(
             }
         )
     )
-    sizes = {
+    sizes: dict[str, Any] = {
         "vocab_size": len(TINY_VOCAB),
         "hidden_size": 32,
         "num_hidden_layers": 2,
