@@ -129,7 +129,7 @@ swarm-down:
 # stack, kills / updates / freezes MedSAM replicas mid-job. `make test` runs it too (after `images`); it skips,
 # saying so, without an engine or when the engine is in a swarm it did not create.
 test-swarm: setup images
-	$(PY) -m pytest -q tests/swarm
+	MODELYARD_SWARM=1 $(PY) -m pytest -q tests/swarm
 
 # deploy/compose/tiny holds copies of deploy/config's tapip3d, wilor and gateway configs (a test compares them).
 compose-config:

@@ -18,7 +18,13 @@ mirror=${DEBIAN_MIRROR:-}
 if [[ -z "$mirror" && -f "$sources" ]]; then
     mirror=$(awk '$1 == "URIs:" { print $2; exit }' "$sources")
 fi
-mirror=${mirror:-http://deb.debian.org/debian}
+if [[ -z "$mirror" && -f /etc/apt/sources.list ]]; then  # the one-line format: deb [options] URI suite ...
+    mirror=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list)
+fi
+if [[ -z "$mirror" ]]; then
+    echo "no Debian mirror found in this host's apt sources: set DEBIAN_MIRROR to one" >&2
+    exit 1
+fi
 
 if ! command -v debootstrap >/dev/null; then
     if [[ $(id -u) -ne 0 ]]; then

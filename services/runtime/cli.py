@@ -7,7 +7,6 @@ work itself failed, 130 when interrupted)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -20,9 +19,6 @@ from modelyard.runtime import __version__
 COMMANDS_GROUP = "modelyard.commands"
 USAGE_ERROR = 2
 INTERRUPTED = 130
-# Where `modelyard up` records what runs where (modelyard.gateway.local writes it): service CLIs find the
-# local stack there when --address is not given.
-LOCAL_STACK = Path(".modelyard") / "stack.json"
 FALLBACK_ADDRESS = "127.0.0.1:50051"
 log = logging.getLogger("modelyard")
 
@@ -31,13 +27,11 @@ class UsageError(Exception):
     """A user error a command detected: `main` prints the message as one line and exits 2."""
 
 
-def service_address(service: str, stack_file: Path = LOCAL_STACK) -> str:
+def service_address(service: str, stack_file: Path | None = None) -> str:
     """The address of `service` in the local stack of `modelyard up` (in this folder), else 127.0.0.1:50051."""
-    try:
-        entry = json.loads(stack_file.read_text()).get(service) or {}
-    except (OSError, ValueError, AttributeError):
-        return FALLBACK_ADDRESS
-    return str(entry.get("address") or FALLBACK_ADDRESS)
+    from modelyard.runtime.client import LOCAL_STACK, local_stack_addresses
+
+    return local_stack_addresses(stack_file or LOCAL_STACK).get(service, FALLBACK_ADDRESS)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -52,6 +53,29 @@ def token_from(path: str | None) -> str | None:
     return read_token(Path(path)) if path else None
 
 
+# Where `modelyard up` records what runs where, relative to the folder it ran in (modelyard.gateway.local writes
+# {"processes": {name: {"address": ...}}, ...}), and the token its services require.
+LOCAL_STACK = Path(".modelyard") / "stack.json"
+LOCAL_STACK_TOKEN = Path(".modelyard") / "service.token"
+
+
+def local_stack_addresses(stack_file: Path = LOCAL_STACK) -> dict[str, str]:
+    """Service name -> address of the local stack of `modelyard up` in this folder; empty when none is up."""
+    try:
+        processes = json.loads(stack_file.read_text()).get("processes") or {}
+        return {name: str(entry["address"]) for name, entry in processes.items() if entry.get("address")}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def local_stack_token(address: str, stack_file: Path = LOCAL_STACK) -> str | None:
+    """The local stack's service token when `address` is one of its services (never sent anywhere else)."""
+    token_file = stack_file.parent / LOCAL_STACK_TOKEN.name
+    if address not in local_stack_addresses(stack_file).values() or not token_file.exists():
+        return None
+    return read_token(token_file)
+
+
 def wait_until_serving(chan: grpc.Channel, service: str = "", timeout: float = 120.0) -> None:
     """Block until grpc.health.v1 says SERVING, or raise TimeoutError with the last status seen."""
     stub = health_pb2_grpc.HealthStub(chan)
@@ -83,7 +107,8 @@ class ModelClient:
     def __init__(
         self, address: str, timeout: float | None = None, max_message_mb: int = 64, token: str | None = None
     ) -> None:
-        self.channel = channel(address, max_message_mb, token)
+        # A service of the local stack (modelyard up) needs its token: found here unless one is given.
+        self.channel = channel(address, max_message_mb, token or local_stack_token(address))
         self.stub = type(self).stub_class(self.channel)
         self.timeout = timeout or self.default_timeout
 

@@ -107,7 +107,12 @@ def test_the_dockerfile_has_a_stage_per_deployable_over_a_shared_runtime() -> No
     assert stages["runtime"] == "core" and stages["gateway"] == "core" and stages["wilor"] == "base"
     # images for mounted official checkouts: a service image plus that code's PyPI imports, nothing compiled
     upstream = {stage for stage in stages if stage.endswith("-upstream")}
-    assert "tapip3d-upstream" in upstream and all(stages[s] == s.removesuffix("-upstream") for s in upstream)
+    assert upstream == {"tapip3d-upstream", "wilor-upstream"}
+    assert stages["tapip3d-upstream"] == "tapip3d"  # wilor's own stage is MediaPipe without torch: WiLoR needs torch
+    assert stages["wilor-upstream"] == "runtime"
+    # the classic builder builds every stage before its target: the standard images must not build these
+    order = list(stages)
+    assert all(order.index(s) > order.index(standard) for s in upstream for standard in ("gateway", "wilor"))
     assert text.count("USER 10001:10001") == 5 + len(upstream) and "apt-get" not in text and "gcc" not in text
     # wheels come from the wheelhouse served to the build, never from an index, never copied into a layer
     installs = re.findall(r"^(?:RUN| &&) [^\n]*pip install [^\n]*", text, re.MULTILINE)

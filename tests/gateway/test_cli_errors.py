@@ -198,7 +198,7 @@ def test_serve_prints_config_errors_readably_on_a_terminal_and_as_json_otherwise
 
 def test_service_commands_find_the_local_stack(medsam_service: LocalService, tmp_path: Path) -> None:
     (tmp_path / ".modelyard").mkdir()
-    stack = {"medsam": {"name": "medsam", "pid": 0, "address": medsam_service.address, "log": ""}}
+    stack = {"processes": {"medsam": {"name": "medsam", "pid": 0, "address": medsam_service.address, "log": ""}}}
     (tmp_path / ".modelyard" / "stack.json").write_text(json.dumps(stack))
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(tmp_path / "scan.png")
     result = modelyard("medsam", "segment", "--image", "scan.png", "--box", "8,8,40,40", "--out", "m.png", cwd=tmp_path)

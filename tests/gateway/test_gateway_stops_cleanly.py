@@ -91,7 +91,7 @@ def test_a_fifo_a_folder_and_garbage_named_as_images_fail_only_their_items(
         not_regular = "not a regular file: name a file"
         assert errors["images/fifo.png"] == f"image in/images/fifo.png is a FIFO (named pipe), {not_regular}"
         assert errors["images/folder.png"] == f"image in/images/folder.png is a folder, {not_regular}"
-        assert "image in/images/garbage.png is not in an image format" in errors["images/garbage.png"]
+        assert "image in/images/garbage.png: the bytes are not a decodable image" in errors["images/garbage.png"]
         assert not any("object at 0x" in e or "Errno" in e for e in errors.values())
         assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 2
     finally:

@@ -172,7 +172,7 @@ def call(channel: grpc.Channel, probe: str) -> Any:
 
 def latency_count(metrics: ServiceMetrics, code: str) -> float:
     labels = {"service": "streamer", "method": "Count", "code": code}
-    return metrics.registry.get_sample_value("modelyard_request_seconds_count", labels) or 0.0
+    return metrics.registry.get_sample_value("modelyard_stream_seconds_count", labels) or 0.0  # streams apart
 
 
 def test_a_streaming_call_keeps_its_request_id_and_is_measured(streamer) -> None:
