@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -132,15 +132,8 @@ class GatewayClient:
         an options file (a `.conf` of KEY=VALUE lines, or YAML); `options` win over it. Leaving the loop early
         leaves the job running on the gateway (`watch` follows it again, `cancel` stops it).
         """
-        stream = self.stub.RunPipeline(
-            self._request(pipeline, input, output, options, config_text), metadata=self.metadata
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
-        finally:
-            stream.cancel()
+        request = self._request(pipeline, input, output, options, config_text)
+        yield from _follow(self.stub.RunPipeline(request, metadata=self.metadata))
 
     def run_to_end(
         self, pipeline: str, input: str, output: str, options: dict[str, str] | None = None, config_text: str = ""
@@ -167,13 +160,7 @@ class GatewayClient:
 
     def watch(self, job_id: str) -> Iterator[gateway_pb2.JobEvent]:
         """Follow a job (submitted from anywhere) until it ends."""
-        stream = self.stub.WatchJob(gateway_pb2.GetJobRequest(id=job_id), metadata=self.metadata)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
-        finally:
-            stream.cancel()
+        yield from _follow(self.stub.WatchJob(gateway_pb2.GetJobRequest(id=job_id), metadata=self.metadata))
 
     def jobs(self, limit: int = 50) -> list[gateway_pb2.Job]:
         """The newest jobs, newest first."""
@@ -202,3 +189,13 @@ __all__ = [
     "JobNotFound",
     "Unauthenticated",
 ]
+
+
+def _follow(stream: Any) -> Iterator[gateway_pb2.JobEvent]:
+    """A progress stream's events with typed errors; leaving early cancels the stream, never the job."""
+    try:
+        yield from stream
+    except grpc.RpcError as exc:
+        raise _typed(exc) from None
+    finally:
+        stream.cancel()
