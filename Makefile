@@ -87,10 +87,10 @@ bench-wilor: setup test-assets
 # Compose v2 when the engine has it, the Debian docker-compose (v1) otherwise; both read the same files.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 GPU ?= 0
-.PHONY: images images-if-engine images-upstream up down test-compose compose-config swarm-up swarm-down test-swarm
+.PHONY: images images-if-engine images-upstream up down test-compose compose-config requirements swarm-up swarm-down test-swarm
 
 # The wheelhouse (once), a base image (from Debian packages when nothing can be pulled), one image per service;
-# prints the sizes.
+# prints the sizes. Nothing is built, nor the wheelhouse fetched, while the images are current.
 images:
 	deploy/docker/build-images.sh
 
@@ -129,7 +129,12 @@ swarm-down:
 # stack, kills / updates / freezes MedSAM replicas mid-job. `make test` runs it too (after `images`); it skips,
 # saying so, without an engine or when the engine is in a swarm it did not create.
 test-swarm: setup images
-	MODELYARD_SWARM=1 $(PY) -m pytest -q tests/swarm
+	$(PY) -m pytest -q tests/swarm
+
+# deploy/docker/requirements/<layer>.txt, what each image layer installs, from pyproject.toml's extras (a test
+# fails when they are stale).
+requirements:
+	python3 deploy/docker/pyproject_extras.py --write deploy/docker/requirements
 
 # deploy/compose/tiny holds copies of deploy/config's tapip3d, wilor and gateway configs (a test compares them).
 compose-config:

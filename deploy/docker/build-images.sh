@@ -5,6 +5,9 @@
 #   BASE_IMAGE=...  the base (default: python:3.11-slim-bookworm when present or pullable, otherwise
 #                   modelyard/base:bookworm, built from Debian packages by build-base.sh)
 #   SERVICES="medsam gateway"  a subset;  TAG=latest;  WHEELHOUSE_DIR=build/wheelhouse
+#
+# Images are labelled with a digest of what they are built from (the build context, the base image); when every
+# requested image carries the current one, nothing is built and the wheelhouse is not needed.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,6 +27,29 @@ if [[ -z "${BASE_IMAGE:-}" ]]; then
         "$here/build-base.sh" modelyard/base:bookworm
         BASE_IMAGE=modelyard/base:bookworm
     fi
+fi
+
+# The digest of every file the build context admits (.dockerignore), of the Dockerfile and of the base image.
+inputs_digest() {
+    docker image inspect --format '{{.Id}}' "$BASE_IMAGE"
+    git ls-files -z --cached --others --exclude-standard -- pyproject.toml README.md protos/modelyard services \
+        gateway deploy/Dockerfile deploy/docker/requirements deploy/docker/pip-install |
+        grep -zv -e '__pycache__/' -e '\.pyc$' | sort -z | xargs -0 sha256sum 2>&1
+}
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    inputs=$(inputs_digest | sha256sum | cut -c1-16)
+else
+    inputs=unknown  # not a git checkout: always build
+fi
+current=1
+for service in $SERVICES; do
+    label=$(docker image inspect --format '{{index .Config.Labels "org.modelyard.inputs"}}' "modelyard/$service:$TAG" \
+        2>/dev/null || true)
+    [[ "$inputs" != unknown && "$label" == "$inputs" ]] || current=0
+done
+if ((current)); then
+    echo "images are current (inputs $inputs): $SERVICES"
+    exit 0
 fi
 
 # The wheelhouse downloads only when pyproject.toml's requirements changed. During the builds it is served on
@@ -50,7 +76,7 @@ for service in $SERVICES; do
     # The legacy builder unless asked otherwise: it is all an engine without the buildx plugin has.
     if ! DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build -f deploy/Dockerfile --target "$service" \
         --network host --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg WHEELS="http://127.0.0.1:$port" \
-        -t "modelyard/$service:$TAG" . >"$log" 2>&1; then
+        --label "org.modelyard.inputs=$inputs" -t "modelyard/$service:$TAG" . >"$log" 2>&1; then
         tail -30 "$log" >&2
         echo "building modelyard/$service:$TAG failed (log $log)" >&2
         exit 1

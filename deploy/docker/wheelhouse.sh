@@ -6,7 +6,8 @@
 #
 # DIR/main         the torch services' and the gateway's wheels, resolved together: one version of each
 # DIR/wilor        wilor's own set (mediapipe 0.10.21, numpy<2, protobuf<5), plus opencv's headless build
-# DIR/requirements one file per image layer, from pyproject.toml's extras (the one place ranges are pinned)
+# The requirements are deploy/docker/requirements/<layer>.txt (`make requirements`, from pyproject.toml's extras,
+# the one place ranges are pinned), the files the Dockerfile installs.
 # UPSTREAM=1 (make images-upstream) adds the packages the official TAPIP3D and WiLoR code import to DIR/main;
 # without it the standard images' set stays as it is, so their wheelhouse never changes for the upstream ones.
 # Nothing is downloaded while the requirement lists are those of the last complete run (DIR/.lists); otherwise
@@ -16,20 +17,18 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-build/wheelhouse}
 python=${PYTHON:-python3}
-extras="$python $here/pyproject_extras.py"
-mkdir -p "$out/main" "$out/wilor" "$out/requirements"
+reqs=$here/requirements
+mkdir -p "$out/main" "$out/wilor"
 
 lists=$(mktemp -d)
 trap 'rm -rf "$lists"' EXIT
-$extras >"$lists/core.txt"
 upstream_extras=()
 [[ "${UPSTREAM:-0}" == 1 ]] && upstream_extras=(tapip3d-upstream wilor-upstream)
-for extra in torch medsam biomedclip tapip3d gateway "${upstream_extras[@]}"; do
-    $extras --only "$extra" >"$lists/$extra.txt"
+for layer in core torch medsam biomedclip tapip3d gateway wilor "${upstream_extras[@]}"; do
+    cp "$reqs/$layer.txt" "$lists/"
 done
 upstream_reqs=()
-for extra in "${upstream_extras[@]}"; do upstream_reqs+=(-r "$out/requirements/$extra.txt"); done
-$extras wilor >"$lists/wilor.txt"
+for extra in "${upstream_extras[@]}"; do upstream_reqs+=(-r "$reqs/$extra.txt"); done
 # setuptools and wheel build the project's own wheel inside the build (build isolation, offline).
 printf 'setuptools>=69\nwheel\n' >"$lists/build.txt"
 fingerprint=$(cat "$lists"/*.txt | sha256sum | cut -d' ' -f1)
@@ -38,7 +37,6 @@ if [[ -f "$out/.lists" && "$(cat "$out/.lists")" == "$fingerprint" ]]; then
     exit 0
 fi
 rm -f "$out/.lists"
-cp "$lists"/*.txt "$out/requirements/"
 
 # The images' interpreter, whatever the host's: CPython 3.11 on x86_64 glibc (bookworm's 2.36), wheels only.
 target=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none
@@ -59,10 +57,9 @@ fill() {  # fill DIR from requirement files, reusing DIR's wheels; DIR ends up w
 if [[ ${#upstream_extras[@]} -gt 0 ]] && ! ls "$out/main"/antlr4_python3_runtime-4.9.*.whl >/dev/null 2>&1; then
     "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out/main" "antlr4-python3-runtime==4.9.*"
 fi
-fill "$out/main" -r "$out/requirements/core.txt" -r "$out/requirements/medsam.txt" \
-    -r "$out/requirements/biomedclip.txt" -r "$out/requirements/tapip3d.txt" -r "$out/requirements/gateway.txt" \
-    "${upstream_reqs[@]}" -r "$out/requirements/build.txt"
-fill "$out/wilor" -r "$out/requirements/wilor.txt"
+fill "$out/main" -r "$reqs/core.txt" -r "$reqs/torch.txt" -r "$reqs/medsam.txt" -r "$reqs/biomedclip.txt" \
+    -r "$reqs/tapip3d.txt" -r "$reqs/gateway.txt" "${upstream_reqs[@]}" -r "$lists/build.txt"
+fill "$out/wilor" -r "$reqs/wilor.txt"
 # mediapipe requires opencv-contrib-python, whose cv2 links libGL/X11; the image swaps in the headless build.
 opencv=$(ls "$out/wilor" | sed -n 's/^opencv_contrib_python-\([^-]*\)-.*/\1/p')
 "$python" -m pip download --quiet "${target[@]}" --no-deps --find-links "$out/wilor" --dest "$out/wilor" \

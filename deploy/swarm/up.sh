@@ -48,5 +48,10 @@ while :; do
 done
 echo "$replicas"
 port=${MODELYARD_GATEWAY_PORT:-50050}
-say "up: gateway at <any node>:$port (the routing mesh publishes it on every node)"
+if [[ "${MODELYARD_GATEWAY_PUBLISH_MODE:-host}" == ingress ]]; then
+    say "up: gateway at <any node>:$port (the routing mesh publishes it on every node)"
+else
+    node=$(docker service ps "${stack}_gateway" --filter desired-state=running --format '{{.Node}}' | head -1)
+    say "up: gateway at $node:$port (published on the node its task runs on)"
+fi
 say "try: .venv/bin/modelyard pipelines --gateway 127.0.0.1:$port"

@@ -13,4 +13,5 @@ SERVICE = ServiceSpec(
     adapter=BiomedCLIPAdapter,
     make_servicer=BiomedCLIPServicer,
     add_to_server=biomedclip_pb2_grpc.add_BiomedCLIPServicer_to_server,
+    summary="biomedical image-text embeddings, zero-shot labels, heatmaps, boxes (BiomedCLIP)",
 )

@@ -13,4 +13,5 @@ SERVICE = ServiceSpec(
     adapter=MedSAMAdapter,
     make_servicer=MedSAMServicer,
     add_to_server=medsam_pb2_grpc.add_MedSAMServicer_to_server,
+    summary="box-prompted medical segmentation (MedSAM)",
 )

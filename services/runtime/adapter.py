@@ -64,3 +64,4 @@ class ServiceSpec:
     # Builds the servicer from the model host and adds it to the server (the generated add_*_to_server).
     make_servicer: Callable[[Any], object]
     add_to_server: Callable[[Any, grpc.Server], None]
+    summary: str = ""  # one line for `modelyard services`

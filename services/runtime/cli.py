@@ -48,9 +48,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _services(args: argparse.Namespace) -> int:
-    from modelyard.runtime.registry import service_names
+    from modelyard.runtime.registry import load_service, service_names
 
-    print("\n".join(service_names()))
+    for name in service_names():
+        try:
+            spec = load_service(name)
+        except ConfigError as exc:  # registered, but its extra is not installed here
+            print(f"{name:<11} (not installed here: {exc.message})")
+            continue
+        print(f"{name:<11} {spec.proto_service:<24} {spec.summary}")
     return 0
 
 

@@ -84,4 +84,5 @@ SERVICE = ServiceSpec(
     adapter=EchoAdapter,
     make_servicer=EchoServicer,
     add_to_server=echo_pb2_grpc.add_EchoServicer_to_server,
+    summary="reference service: returns what it is sent (tests and benchmarks of the runtime)",
 )

@@ -13,4 +13,5 @@ SERVICE = ServiceSpec(
     adapter=TAPIP3DAdapter,
     make_servicer=TAPIP3DServicer,
     add_to_server=tapip3d_pb2_grpc.add_TAPIP3DServicer_to_server,
+    summary="3D point tracks in RGB-D video (TAPIP3D)",
 )

@@ -13,4 +13,5 @@ SERVICE = ServiceSpec(
     adapter=WiLoRAdapter,
     make_servicer=WiLoRServicer,
     add_to_server=wilor_pb2_grpc.add_WiLoRServicer_to_server,
+    summary="3D hands: boxes, side, joints, MANO (WiLoR)",
 )

@@ -29,7 +29,10 @@ from modelyard.runtime.launch import free_port
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_SERVICES = ("medsam", "biomedclip", "tapip3d", "wilor")
 IMAGES = (*MODEL_SERVICES, "gateway")
-IMAGE_UID = 10001  # the images' user, who must be able to write /data
+# The suite's containers run as a uid of their own, neither root nor the images' user (as `make up` runs them as the
+# host user's), so the tests see whose files the outputs are; without root, as our own uid.
+STACK_UID = 4321 if os.geteuid() == 0 else os.getuid()
+STACK_GID = 4321 if os.geteuid() == 0 else os.getgid()
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 
@@ -103,12 +106,10 @@ def images(engine: Any) -> list[str]:
 
 
 def prepare_data_dir(path: Path) -> Path:
-    """A /data folder the images' user can write: chown'ed when we are root, opened up otherwise."""
+    """A /data folder the containers' user (STACK_UID) owns, as `make up` prepares it."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
-        os.chown(path, IMAGE_UID, IMAGE_UID)
-    else:
-        path.chmod(0o777)
+        os.chown(path, STACK_UID, STACK_GID)
     return path
 
 
@@ -197,6 +198,8 @@ def new_project(command: list[str], engine: Any, folder: Path, config_dir: Path,
             "MODELYARD_DATA_DIR": str(prepare_data_dir(folder / "data")),
             "MODELYARD_GATEWAY_PORT": str(free_port()),
             "MODELYARD_GATEWAY_BIND": "127.0.0.1",
+            "MODELYARD_UID": str(STACK_UID),
+            "MODELYARD_GID": str(STACK_GID),
             **env,
         },
     )

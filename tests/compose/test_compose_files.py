@@ -42,7 +42,7 @@ def test_every_model_service_and_the_gateway_run_from_their_own_image() -> None:
     assert set(found) == {*MODEL_SERVICES, "gateway"}
     for name, service in found.items():
         assert service["image"] == f"modelyard/{name}:${{MODELYARD_TAG:-latest}}"
-        assert service["restart"] == "unless-stopped"
+        assert service["restart"] == "on-failure:5"
         assert service["healthcheck"]["test"][:3] == ["CMD", "modelyard", "health"]  # grpc.health.v1 inside
 
 
@@ -114,10 +114,58 @@ def test_the_dockerfile_has_a_stage_per_deployable_over_a_shared_runtime() -> No
     order = list(stages)
     assert all(order.index(s) > order.index(standard) for s in upstream for standard in ("gateway", "wilor"))
     assert text.count("USER 10001:10001") == 5 + len(upstream) and "apt-get" not in text and "gcc" not in text
-    # wheels come from the wheelhouse served to the build, never from an index, never copied into a layer
-    installs = re.findall(r"^(?:RUN| &&) [^\n]*pip install [^\n]*", text, re.MULTILINE)
-    assert installs and all("--no-index --find-links ${WHEELS}/" in line for line in installs)
-    assert "COPY build/wheelhouse/main" not in text and "COPY build/wheelhouse/wilor" not in text
+    # every install goes through pip-install: the wheelhouse served to the build (WHEELS), else the package index;
+    # no wheel is ever copied into a layer, and the requirement lists are the generated ones in the repository
+    installs = re.findall(r"^(?:RUN| &&) [^\n]*pip[ -]install [^\n]*", text, re.MULTILINE)
+    assert installs and all("pip-install main " in line or "pip-install wilor " in line for line in installs)
+    assert "COPY build/" not in text
+    assert re.findall(r"^ARG WHEELS=(.*)$", text, re.MULTILINE) == [""] * len(stages.keys() - {"base", "source"})
+    copied = set(re.findall(r"^COPY deploy/docker/requirements/(\S+) ", text, re.MULTILINE))
+    assert copied == {path.name for path in (ROOT / "deploy" / "docker" / "requirements").glob("*.txt")}
+
+
+def test_the_pip_install_helper_uses_the_wheelhouse_when_given_and_the_index_otherwise(tmp_path: Path) -> None:
+    fake_pip = tmp_path / "pip"
+    fake_pip.write_text('#!/bin/sh\necho "$@"\n')
+    fake_pip.chmod(0o755)
+    helper = str(ROOT / "deploy" / "docker" / "pip-install")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    offline = subprocess.run([helper, "wilor", "-r", "x.txt"], env={**env, "WHEELS": "http://127.0.0.1:1"},
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    wheelhouse = ["--no-index", "--find-links", "http://127.0.0.1:1/wilor/"]
+    assert offline.stdout.split() == ["install", *wheelhouse, "-r", "x.txt"]
+    online = subprocess.run([helper, "main", "-r", "x.txt"], env={**env, "WHEELS": ""}, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert online.stdout.split() == ["install", "-r", "x.txt"]
+
+
+def test_the_image_requirement_lists_are_generated_from_pyproject(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pyproject_extras", ROOT / "deploy/docker/pyproject_extras.py")
+    assert spec and spec.loader
+    extras = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extras)
+    folder = ROOT / "deploy" / "docker" / "requirements"
+    committed = {path.name: path.read_text() for path in folder.glob("*.txt")}
+    assert committed == extras.layer_files(), "stale: run `make requirements` after changing pyproject.toml"
+    assert all(text.startswith("# Generated from pyproject.toml") for text in committed.values())
+
+
+def test_compose_can_build_every_image_the_standard_way() -> None:
+    for name, service in services().items():
+        build = service["build"]
+        assert build["context"] == "." and build["dockerfile"] == "deploy/Dockerfile" and build["target"] == name
+        assert build["args"]["BASE_IMAGE"] == "${MODELYARD_BASE_IMAGE:-python:3.11-slim-bookworm}"
+        assert service["image"] == f"modelyard/{name}:${{MODELYARD_TAG:-latest}}"
+
+
+def test_containers_run_as_the_user_make_up_picks_and_give_up_after_five_failures() -> None:
+    for service in resolved(COMPOSE_FILE, env={"MODELYARD_UID": "1000", "MODELYARD_GID": "1001"})["services"].values():
+        assert service["user"] == "1000:1001"
+        assert service["restart"] == "on-failure:5"  # a configuration problem ends as `exited (2)`, not a loop
+    for service in resolved(COMPOSE_FILE)["services"].values():
+        assert service["user"] == "10001:10001"  # the images' own user when nothing is set
 
 
 def test_the_build_context_leaves_virtualenvs_wheels_and_data_out() -> None:
@@ -125,7 +173,7 @@ def test_the_build_context_leaves_virtualenvs_wheels_and_data_out() -> None:
     assert lines[0] == "*"  # everything out, then only the sources (and the requirement lists) back in
     included = [line.removeprefix("!") for line in lines[1:] if line.startswith("!")]
     assert included == ["pyproject.toml", "README.md", "protos/modelyard/", "services/", "gateway/",
-                        "build/wheelhouse/requirements/"]  # fmt: skip
+                        "deploy/docker/requirements/", "deploy/docker/pip-install"]  # fmt: skip
 
 
 def test_the_token_overlay_makes_the_services_require_the_secret_the_gateway_sends(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """A config error inside a container — the seed's host path that never reached it, a config file that is not
 there — shows the runtime's own message in `compose logs`, and the container exits (code 2, a configuration
-problem) and is never reported healthy; the restart policy keeps retrying with docker's growing back-off."""
+problem) and is never reported healthy; the restart policy retries five times with docker's growing back-off,
+then leaves it exited, so a plain `docker compose up` without checkpoints ends in a visible failure, not a loop."""
 
 from __future__ import annotations
 
@@ -26,6 +27,21 @@ def failed_start(project: ComposeProject, service: str, timeout: float = 180) ->
             return dict(state)
         time.sleep(0.5)
     raise AssertionError(f"{service} did not fail to start: {project.container(service).attrs['State']}")
+
+
+def gave_up(project: ComposeProject, service: str, timeout: float = 300) -> dict[str, Any]:
+    """Wait until the restart policy has stopped retrying: the container exited (2) after its five restarts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        container = project.container(service)
+        state = container.attrs["State"]
+        if state["Status"] == "exited" and container.attrs["RestartCount"] == 5:
+            time.sleep(3)  # and it stays so
+            container.reload()
+            assert container.attrs["State"]["Status"] == "exited" and container.attrs["RestartCount"] == 5
+            return dict(container.attrs["State"])
+        time.sleep(0.5)
+    raise AssertionError(f"{service} is still being restarted: {project.container(service).attrs['State']}")
 
 
 @pytest.fixture
@@ -63,3 +79,4 @@ def test_a_missing_config_file_names_the_path_and_what_the_folder_holds(broken: 
     logs = project.logs("medsam")
     assert "config file not found: /config/medsam.yaml" in logs
     assert "the nearest existing folder is /config, holding: gateway.yaml" in logs
+    assert gave_up(project, "medsam")["ExitCode"] == 2  # a configuration problem, not retried forever

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import stat
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +26,7 @@ from PIL import Image
 from modelyard.gateway.assets import HAND_PHOTO, fetch
 from modelyard.gateway.samples import planar_photo_video, write_medvqa_inputs
 from modelyard.v1 import gateway_pb2
-from tests.compose.conftest import PROJECT_LABEL, ComposeProject, Deployment
+from tests.compose.conftest import PROJECT_LABEL, STACK_UID, ComposeProject, Deployment
 
 # Startup (and a first image build, when one is missing) counts against the first test.
 pytestmark = pytest.mark.timeout(3600)
@@ -125,6 +128,22 @@ def test_hand3d_runs_through_the_gateways_published_port(deployment: Deployment)
         assert h5["hands/left/valid"][:].all()  # the photo's pointing hand, found in every frame
 
 
+def test_outputs_are_the_stack_users_files_and_readable_by_any_other_user(deployment: Deployment) -> None:
+    job = run(deployment, "medvqa", medvqa_input(deployment, 2), MEDVQA)
+    check_medvqa(deployment, job, 2)
+    files = [path for path in (deployment.data / job.output).rglob("*") if path.is_file()]
+    assert {"report.txt", "vqa_manifest.csv", "predictions.jsonl"} <= {path.name for path in files}
+    for path in files:
+        mode = path.stat().st_mode
+        assert mode & 0o044 == 0o044, f"{path} is {stat.filemode(mode)}: group and others cannot read it"
+        if deployment.project is not None:  # the suite's own stack: the containers ran as STACK_UID
+            assert path.stat().st_uid == STACK_UID, path
+    if os.geteuid() == 0:  # read them as an unrelated, unprivileged user, as a colleague on the host would
+        report = deployment.data / job.output / "report.txt"
+        done = subprocess.run(["cat", str(report)], user=54321, group=54321, capture_output=True, text=True)
+        assert done.returncode == 0 and "medvqa" in done.stdout, done.stderr
+
+
 # -- faults ------------------------------------------------------------------------------------------------------
 
 
@@ -145,7 +164,7 @@ def kill(project: ComposeProject, service: str) -> None:
 
 
 def crash(project: ComposeProject, service: str) -> None:
-    """The server process dies inside the container; the restart policy (unless-stopped) brings it back."""
+    """The server process dies inside the container; the restart policy (on-failure) brings it back."""
     container = project.container(service)
     restarts = container.attrs["RestartCount"]
     container.exec_run(["python", "-c", CRASH])

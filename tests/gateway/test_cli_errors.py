@@ -225,3 +225,12 @@ def test_the_wilor_interpreter_is_configurable(monkeypatch) -> None:
     assert python_for("wilor") == "/opt/wilor-env/bin/python"
     monkeypatch.delenv("MODELYARD_WILOR_PYTHON")
     assert python_for("medsam") == sys.executable
+
+
+def test_services_lists_each_service_with_its_grpc_name_and_what_it_is_for(tmp_path: Path) -> None:
+    listed = modelyard("services", cwd=tmp_path)
+    assert listed.returncode == 0 and not listed.stderr, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
+    assert {"medsam", "biomedclip", "tapip3d", "wilor", "echo"} <= set(lines)
+    assert "modelyard.v1.MedSAM" in lines["medsam"] and "segmentation" in lines["medsam"]
+    assert "reference service" in lines["echo"]  # not mistaken for a model

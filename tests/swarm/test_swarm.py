@@ -1,5 +1,5 @@
-"""The stack on Docker Swarm end to end: medvqa through the gateway's published port (the routing mesh), the
-gateway spreading MedSAM calls over both replicas it finds through `dns:///tasks.medsam`, and mid-job a replica's
+"""The stack on Docker Swarm end to end: medvqa through the gateway's port (published on its node), the gateway
+spreading MedSAM calls over both replicas it finds through `dns:///tasks.medsam`, and mid-job a replica's
 container killed, a rolling update of MedSAM, and a replica made unhealthy: every job completes with each item
 written exactly once and none failed, and Swarm brings the service back to two healthy replicas by itself. Last,
 removing the stack and leaving the swarm leaves nothing behind.
