@@ -48,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _services(args: argparse.Namespace) -> int:
+    from modelyard.runtime.errors import ConfigError
     from modelyard.runtime.registry import load_service, service_names
 
     for name in service_names():
