@@ -6,12 +6,13 @@
 #
 # DIR/main         the torch services' and the gateway's wheels, resolved together: one version of each
 # DIR/wilor        wilor's own set (mediapipe 0.10.21, numpy<2, protobuf<5), plus opencv's headless build
+# DIR/upstream     with UPSTREAM=1 (make images-upstream): what the official TAPIP3D and WiLoR code import beyond
+#                  DIR/main, resolved with every DIR/main wheel pinned, so an upstream image never replaces a
+#                  package of the layers below it and the standard images' set never changes for these
 # The requirements are deploy/docker/requirements/<layer>.txt (`make requirements`, from pyproject.toml's extras,
 # the one place ranges are pinned), the files the Dockerfile installs.
-# UPSTREAM=1 (make images-upstream) adds the packages the official TAPIP3D and WiLoR code import to DIR/main;
-# without it the standard images' set stays as it is, so their wheelhouse never changes for the upstream ones.
-# Nothing is downloaded while the requirement lists are those of the last complete run (DIR/.lists); otherwise
-# wheels already in DIR are reused, and a wheel no longer required is dropped.
+# Nothing is downloaded while a set's requirement lists are those of its last complete run (DIR/.lists,
+# DIR/.lists-upstream); otherwise wheels already in DIR are reused, and a wheel no longer required is dropped.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,24 +20,8 @@ out=${1:-build/wheelhouse}
 python=${PYTHON:-python3}
 reqs=$here/requirements
 mkdir -p "$out/main" "$out/wilor"
-
 lists=$(mktemp -d)
 trap 'rm -rf "$lists"' EXIT
-upstream_extras=()
-[[ "${UPSTREAM:-0}" == 1 ]] && upstream_extras=(tapip3d-upstream wilor-upstream)
-for layer in core torch medsam biomedclip tapip3d gateway wilor "${upstream_extras[@]}"; do
-    cp "$reqs/$layer.txt" "$lists/"
-done
-upstream_reqs=()
-for extra in "${upstream_extras[@]}"; do upstream_reqs+=(-r "$reqs/$extra.txt"); done
-# setuptools and wheel build the project's own wheel inside the build (build isolation, offline).
-printf 'setuptools>=69\nwheel\n' >"$lists/build.txt"
-fingerprint=$(cat "$lists"/*.txt | sha256sum | cut -d' ' -f1)
-if [[ -f "$out/.lists" && "$(cat "$out/.lists")" == "$fingerprint" ]]; then
-    echo "wheelhouse $out is up to date"
-    exit 0
-fi
-rm -f "$out/.lists"
 
 # The images' interpreter, whatever the host's: CPython 3.11 on x86_64 glibc (bookworm's 2.36), wheels only.
 target=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none
@@ -52,17 +37,54 @@ fill() {  # fill DIR from requirement files, reusing DIR's wheels; DIR ends up w
     mv "$dir.new" "$dir"
 }
 
+fingerprint() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+# -- the standard images' sets ------------------------------------------------------------------------------------
+for layer in core torch medsam biomedclip tapip3d gateway wilor; do cp "$reqs/$layer.txt" "$lists/"; done
+# setuptools and wheel build the project's own wheel inside the build (build isolation, offline).
+printf 'setuptools>=69\nwheel\n' >"$lists/build.txt"
+standard=$(fingerprint "$lists"/*.txt)
+if [[ -f "$out/.lists" && "$(cat "$out/.lists")" == "$standard" ]]; then
+    echo "wheelhouse $out is up to date"
+else
+    rm -f "$out/.lists"
+    fill "$out/main" -r "$reqs/core.txt" -r "$reqs/torch.txt" -r "$reqs/medsam.txt" -r "$reqs/biomedclip.txt" \
+        -r "$reqs/tapip3d.txt" -r "$reqs/gateway.txt" -r "$lists/build.txt"
+    fill "$out/wilor" -r "$reqs/wilor.txt"
+    # mediapipe requires opencv-contrib-python, whose cv2 links libGL/X11; the image swaps in the headless build.
+    opencv=$(ls "$out/wilor" | sed -n 's/^opencv_contrib_python-\([^-]*\)-.*/\1/p')
+    "$python" -m pip download --quiet "${target[@]}" --no-deps --find-links "$out/wilor" --dest "$out/wilor" \
+        "opencv-contrib-python-headless==$opencv"
+    echo "$standard" >"$out/.lists"
+    echo "wheelhouse $out: $(du -sh "$out" | cut -f1) ($(ls "$out/main" | wc -l) + $(ls "$out/wilor" | wc -l) wheels)"
+fi
+
+# -- the upstream images' additions (UPSTREAM=1) ------------------------------------------------------------------
+[[ "${UPSTREAM:-0}" == 1 ]] || exit 0
+mkdir -p "$out/upstream"
+# Every wheel of DIR/main pinned: name==version from its file name (PEP 427).
+for wheel in "$out"/main/*.whl; do
+    name=${wheel##*/}
+    echo "${name%%-*}==$(cut -d- -f2 <<<"$name")"
+done | sort >"$lists/main-pins.txt"
+upstream=$(fingerprint "$reqs/tapip3d-upstream.txt" "$reqs/wilor-upstream.txt" "$lists/main-pins.txt")
+if [[ -f "$out/.lists-upstream" && "$(cat "$out/.lists-upstream")" == "$upstream" ]]; then
+    echo "wheelhouse $out/upstream is up to date"
+    exit 0
+fi
+rm -f "$out/.lists-upstream"
 # omegaconf 2.3 (tapip3d-upstream) pins antlr4-python3-runtime==4.9.*, which PyPI has as a source archive only: it
 # is pure Python, so its wheel (py3-none-any, any platform) is built here once and found by the fill below.
-if [[ ${#upstream_extras[@]} -gt 0 ]] && ! ls "$out/main"/antlr4_python3_runtime-4.9.*.whl >/dev/null 2>&1; then
-    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out/main" "antlr4-python3-runtime==4.9.*"
+if ! ls "$out/upstream"/antlr4_python3_runtime-4.9.*.whl >/dev/null 2>&1; then
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out/upstream" "antlr4-python3-runtime==4.9.*"
 fi
-fill "$out/main" -r "$reqs/core.txt" -r "$reqs/torch.txt" -r "$reqs/medsam.txt" -r "$reqs/biomedclip.txt" \
-    -r "$reqs/tapip3d.txt" -r "$reqs/gateway.txt" "${upstream_reqs[@]}" -r "$lists/build.txt"
-fill "$out/wilor" -r "$reqs/wilor.txt"
-# mediapipe requires opencv-contrib-python, whose cv2 links libGL/X11; the image swaps in the headless build.
-opencv=$(ls "$out/wilor" | sed -n 's/^opencv_contrib_python-\([^-]*\)-.*/\1/p')
-"$python" -m pip download --quiet "${target[@]}" --no-deps --find-links "$out/wilor" --dest "$out/wilor" \
-    "opencv-contrib-python-headless==$opencv"
-echo "$fingerprint" >"$out/.lists"
-echo "wheelhouse $out: $(du -sh "$out" | cut -f1) ($(ls "$out/main" | wc -l) + $(ls "$out/wilor" | wc -l) wheels)"
+rm -rf "$out/upstream.new"
+"$python" -m pip download --quiet "${target[@]}" --find-links "$out/main" --find-links "$out/upstream" \
+    --dest "$out/upstream.new" -c "$lists/main-pins.txt" -r "$reqs/tapip3d-upstream.txt" -r "$reqs/wilor-upstream.txt"
+for wheel in "$out"/upstream.new/*.whl; do  # what DIR/main has already is served from there
+    [[ -f "$out/main/${wheel##*/}" ]] && rm "$wheel"
+done
+rm -rf "$out/upstream"
+mv "$out/upstream.new" "$out/upstream"
+echo "$upstream" >"$out/.lists-upstream"
+echo "wheelhouse $out/upstream: $(du -sh "$out/upstream" | cut -f1) ($(ls "$out/upstream" | wc -l) wheels beyond main)"

@@ -117,7 +117,9 @@ def test_the_dockerfile_has_a_stage_per_deployable_over_a_shared_runtime() -> No
     # every install goes through pip-install: the wheelhouse served to the build (WHEELS), else the package index;
     # no wheel is ever copied into a layer, and the requirement lists are the generated ones in the repository
     installs = re.findall(r"^(?:RUN| &&) [^\n]*pip[ -]install [^\n]*", text, re.MULTILINE)
-    assert installs and all("pip-install main " in line or "pip-install wilor " in line for line in installs)
+    assert installs and all(re.search(r"pip-install (main|wilor|main,upstream) ", line) for line in installs)
+    standard = text[: text.index(" AS tapip3d-upstream")]  # the standard images never see the upstream wheels
+    assert not re.findall(r"pip-install \S*upstream", standard)
     assert "COPY build/" not in text
     assert re.findall(r"^ARG WHEELS=(.*)$", text, re.MULTILINE) == [""] * len(stages.keys() - {"base", "source"})
     copied = set(re.findall(r"^COPY deploy/docker/requirements/(\S+) ", text, re.MULTILINE))
@@ -134,6 +136,10 @@ def test_the_pip_install_helper_uses_the_wheelhouse_when_given_and_the_index_oth
                              capture_output=True, text=True, check=True)  # fmt: skip
     wheelhouse = ["--no-index", "--find-links", "http://127.0.0.1:1/wilor/"]
     assert offline.stdout.split() == ["install", *wheelhouse, "-r", "x.txt"]
+    both = subprocess.run([helper, "main,upstream", "x"], env={**env, "WHEELS": "http://h:1"}, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert both.stdout.split() == ["install", "--no-index", "--find-links", "http://h:1/main/", "--find-links",
+                                   "http://h:1/upstream/", "x"]  # fmt: skip
     online = subprocess.run([helper, "main", "-r", "x.txt"], env={**env, "WHEELS": ""}, capture_output=True,
                             text=True, check=True)  # fmt: skip
     assert online.stdout.split() == ["install", "-r", "x.txt"]
