@@ -141,7 +141,24 @@ def _say(args: argparse.Namespace, message: str) -> None:
     print(f"modelyard {name}: {message}", file=sys.stderr)
 
 
+def name_a_nameless_user() -> None:
+    """Give the process a user name when its uid has none. Containers run as uids without a passwd entry
+    (compose's MODELYARD_UID, OpenShift's arbitrary uids), and getpass.getuser(), which torch calls while it is
+    imported (its compile cache folder), raises KeyError for them; it reads USER first."""
+    if any(os.environ.get(name) for name in ("LOGNAME", "USER", "LNAME", "USERNAME")):
+        return
+    try:
+        import pwd
+    except ImportError:  # no passwd database on this platform: getuser() reads the variables only
+        return
+    try:
+        pwd.getpwuid(os.getuid())
+    except KeyError:
+        os.environ["USER"] = f"uid{os.getuid()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    name_a_nameless_user()
     args = build_parser().parse_args(argv)
     if getattr(args, "address_of", None) and args.address is None:
         args.address = service_address(args.address_of)

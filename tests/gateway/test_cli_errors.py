@@ -234,3 +234,22 @@ def test_services_lists_each_service_with_its_grpc_name_and_what_it_is_for(tmp_p
     assert {"medsam", "biomedclip", "tapip3d", "wilor", "echo"} <= set(lines)
     assert "modelyard.v1.MedSAM" in lines["medsam"] and "segmentation" in lines["medsam"]
     assert "reference service" in lines["echo"]  # not mistaken for a model
+
+
+def test_a_uid_the_system_has_no_name_for_gets_one_before_torch_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As containers run under compose's MODELYARD_UID or OpenShift's arbitrary uids: torch asks for the user's
+    name while it is imported (getpass.getuser), which raises KeyError for a uid without a passwd entry unless
+    USER names one. (The compose suite runs its containers under such a uid.)"""
+    import getpass
+    import pwd
+
+    from modelyard.runtime.cli import name_a_nameless_user
+
+    uid = next(u for u in range(4321, 65000) if u not in {entry.pw_uid for entry in pwd.getpwall()})
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    with pytest.raises(KeyError):
+        getpass.getuser()  # what torch's import ran into
+    name_a_nameless_user()
+    assert getpass.getuser() == f"uid{uid}"
