@@ -179,10 +179,11 @@ class ModelHost:
             raise NotReady(f"{self.spec.name} is {self.state.value}; retry shortly or on another replica")
         if not items:
             raise InvalidInput("the request holds no items")
-        self.metrics.queue_depth.labels(self.spec.name).set(self.scheduler.depth)
+        self.metrics.set_queue_depth(self.scheduler.depth)
         progress.watch(context.is_active)
         future = self.scheduler.submit(items, context.is_active, inline=inline)
-        results = None
+        # (run on this thread when the model was idle: done already, nothing to wait for)
+        results = future.result() if inline and future.done() else None
         try:
             while results is None:
                 results = self._wait(future, context, timeout=0.25)
