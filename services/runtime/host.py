@@ -29,6 +29,7 @@ from modelyard.runtime.devices import device_memory, select_device
 from modelyard.runtime.errors import Cancelled, DeadlineExceeded, FatalModelError, InvalidInput, NotReady
 from modelyard.runtime.governor import MemoryGovernor
 from modelyard.runtime.metrics import ServiceMetrics
+from modelyard.runtime.paths import read_confined
 from modelyard.runtime.progress import Progress, Update
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.v1 import types_pb2
@@ -238,6 +239,7 @@ class ModelHost:
             max_batch_size=self.runtime.max_batch_size,
             fitted_batch_size=self.governor.fitted_batch_size if self.governor else 0,
             shared_memory_ok=self._probe_shared_memory(request),
+            data_probe_ok=self._probe_data_volume(request),
             version=__version__,
             details=extra,
             random_weights=random_weights,
@@ -255,6 +257,17 @@ class ModelHost:
             with SharedRegion.attach(self.runtime.shared_memory_dir, request.shared_memory_probe, span=span) as region:
                 data = region.view(0, np.dtype("uint8"), (len(token),)).tobytes()
                 return data == token
+        except Exception:
+            return False
+
+
+    def _probe_data_volume(self, request: types_pb2.InfoRequest) -> bool:
+        """Whether `data_probe`, read as any DataRef is (confined to the data volume, no links out, a regular
+        file), holds exactly `data_token`: then the caller and this service mount the same volume."""
+        if not request.data_probe or not request.data_token or self.runtime.data_root is None:
+            return False
+        try:
+            return read_confined(self.runtime.data_root, request.data_probe, 64) == request.data_token
         except Exception:
             return False
 
