@@ -303,7 +303,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
                 [] if gold else [f"no gold boxes in column {o.BOX_COLUMN}"]
             )
         request = biomedclip_pb2.LocalizeRequest(
-            items=[biomedclip_pb2.PromptedImage(image=sent, prompt=prompt) for prompt in prompts],
+            items=[biomedclip_pb2.PromptedImage(image=sent("biomedclip"), prompt=prompt) for prompt in prompts],
             cam=o.cam(top_k),
             options=o.localize,
         )

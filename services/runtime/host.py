@@ -260,7 +260,6 @@ class ModelHost:
         except Exception:
             return False
 
-
     def _probe_data_volume(self, request: types_pb2.InfoRequest) -> bool:
         """Whether `data_probe`, read as any DataRef is (confined to the data volume, no links out, a regular
         file), holds exactly `data_token`: then the caller and this service mount the same volume."""
