@@ -226,7 +226,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
         p = item.payload
         image_path = confined(ctx.data_root, p["image"])
         data = read_regular(image_path, f"image {p['image']}")  # a FIFO or a folder fails this item, never blocks
-        image, mode = _decode(data, p["image"])
+        image, mode = _decode_with_mode(data, p["image"])
         sent = self._image_message(ctx, p["image"], data)
         stem = Path(p["image"]).stem + f"_idx{p['index']}" + (f"_{_slug(p['region'])}" if p["region"] else "")
         prompts = self._prompts(p, o)
@@ -492,7 +492,11 @@ def _shift(box: list[float], shift: float, w: int, h: int) -> list[float]:
     return [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]
 
 
-def _decode(data: bytes, name: str) -> tuple[np.ndarray, str]:
+def _decode(data: bytes, name: str) -> np.ndarray:
+    return _decode_with_mode(data, name)[0]
+
+
+def _decode_with_mode(data: bytes, name: str) -> tuple[np.ndarray, str]:
     """The image as L or RGB pixels, and the file's own mode. The services' guarded decoder: pixels checked
     from the header (and PIL's bomb guard) before decoding."""
     guard_decoding(MAX_PIXELS)
