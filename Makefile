@@ -73,6 +73,7 @@ k8s-config:
 # Every benchmark; each rewrites its own section of bench/RESULTS.md.
 bench: setup test-assets
 	$(PY) -m bench.runtime
+	$(PY) -m bench.hops
 	$(PY) -m bench.biomedclip
 	$(PY) -m bench.tapip3d
 	$(WILOR_PY) -m bench.wilor

@@ -45,10 +45,14 @@ def tiny_stack(
     folder: Path, data_root: Path, runtime: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None
 ) -> Iterator[dict[str, Process]]:
     """`modelyard up` of MedSAM, BiomedCLIP (`runtime:` settings added) and the gateway (`gateway` settings added);
-    `modelyard down` on exit."""
+    `modelyard down` on exit. The services mount the gateway's data volume (runtime.data_root), as in compose."""
     models = tiny_models(folder / "models")
     configs = {
-        name: _write(folder / "config" / f"{name}.yaml", model, {"max_batch_size": 4, **(runtime or {})})
+        name: _write(
+            folder / "config" / f"{name}.yaml",
+            model,
+            {"max_batch_size": 4, "data_root": str(data_root.resolve()), **(runtime or {})},
+        )
         for name, model in models.items()
     }
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}

@@ -18,6 +18,7 @@ import yaml
 from modelyard.gateway import cancel, files
 from modelyard.gateway.calls import CallFailed, ServiceClient
 from modelyard.gateway.cancel import Cancellation
+from modelyard.gateway.datarefs import DataVolumeProbe
 from modelyard.gateway.inputs import plain
 from modelyard.gateway.jobs import Item, ItemState, JobRecord, JobState, JobStore, job_id
 from modelyard.gateway.pipeline import Pipeline, StepContext
@@ -89,6 +90,7 @@ class Engine:
         self.pipelines = pipelines
         self.clients = clients
         self.data_root = data_root
+        self.data_volume = DataVolumeProbe(data_root)
         self.workers = workers
         self.max_running_jobs = max_running_jobs
         self.max_item_attempts = max_item_attempts
@@ -144,7 +146,7 @@ class Engine:
             self._running[job.id] = run
             self._history.pop(job.id, None)  # re-inserted last: histories are evicted oldest first
             self._history[job.id] = []  # a watcher arriving from now on sees this run from its first event
-            ctx = StepContext(job.id, parsed, self.data_root, output_dir, self.clients, run.cancel)
+            ctx = StepContext(job.id, parsed, self.data_root, output_dir, self.clients, run.cancel, self.data_volume)
             thread = threading.Thread(target=self._run, args=(pipeline, ctx, run), name=f"job-{job.id}", daemon=True)
             self._threads[job.id] = thread
             thread.start()

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from modelyard.gateway.calls import ServiceClient
+from modelyard.gateway.datarefs import DataVolumeProbe
 from modelyard.gateway.jobs import Item, JobRecord
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -27,6 +28,8 @@ class StepContext(Generic[OptionsT]):
     output_dir: Path
     clients: dict[str, ServiceClient]
     cancelled: threading.Event
+    # Which services mount the data volume (images then go as DataRefs); None: send bytes to every service.
+    data_volume: DataVolumeProbe | None = None
 
     def request_id(self, item: Item, step: str) -> str:
         """Stable per job, item and step: a retry of the same step carries the same id."""

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +28,7 @@ from modelyard.gateway.inputs import read_regular
 from modelyard.gateway.jobs import Item, ItemState, JobRecord
 from modelyard.gateway.pipeline import Pipeline, StepContext
 from modelyard.gateway.pipelines.tables import parse_boxes, parse_regions, read_table
-from modelyard.runtime.arrays import guard_decoding, open_image, tensor_to_numpy
+from modelyard.runtime.arrays import guard_decoding, numpy_to_tensor, open_image, tensor_to_numpy
 from modelyard.runtime.config import Strict
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.paths import confined
@@ -58,6 +59,8 @@ def _bgr(text: str) -> tuple[int, int, int]:
     return r, g, b
 
 
+# Marked images (scenarios B, C) go to MedSAM as raw pixels up to this size (a 2048x2048 RGB is 12 MiB), PNG beyond.
+MAX_RAW_IMAGE_BYTES = 16 << 20
 MAX_PIXELS = 50_000_000  # the largest image decoded here: the model services' default model.max_pixels
 
 
@@ -223,7 +226,8 @@ class MedVQA(Pipeline[MedVQAOptions]):
         p = item.payload
         image_path = confined(ctx.data_root, p["image"])
         data = read_regular(image_path, f"image {p['image']}")  # a FIFO or a folder fails this item, never blocks
-        image = _decode(data, p["image"])
+        image, mode = _decode_with_mode(data, p["image"])
+        sent = self._image_message(ctx, p["image"], data)
         stem = Path(p["image"]).stem + f"_idx{p['index']}" + (f"_{_slug(p['region'])}" if p["region"] else "")
         prompts = self._prompts(p, o)
         models = {name: _model_info(ctx, name, item) for name in o.services_used()}
@@ -238,10 +242,10 @@ class MedVQA(Pipeline[MedVQAOptions]):
             info.pop("cam_channels", None)
         record["models"] = models
         if o.STAGE == "heatmap":
-            shown = self._heatmap(item, ctx, data, prompts[0], stem, top_k)
+            shown = self._heatmap(item, ctx, data, sent("biomedclip"), prompts[0], stem, top_k)
             record["heatmap"] = shown
         else:
-            boxes, box_notes = self._boxes(item, ctx, data, image, prompts, top_k)
+            boxes, box_notes = self._boxes(item, ctx, sent, image, prompts, top_k)
             record["predicted_boxes"] = [[round(v, 2) for v in b] for b in boxes]
             notes += box_notes
         if notes:
@@ -250,11 +254,27 @@ class MedVQA(Pipeline[MedVQAOptions]):
             if o.STAGE == "bbox":
                 shown = self._draw(ctx, image, boxes, stem + Path(p["image"]).suffix.lower(), prompts)
             else:
-                shown, mask_paths = self._segment(item, ctx, image, boxes, stem)
+                original = sent("medsam") if mode in ("L", "RGB") else None  # the file's pixels are `image`'s
+                shown, mask_paths = self._segment(item, ctx, image, original, boxes, stem)
                 record["masks"] = mask_paths
         record["image_path"] = shown
         record["processed_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         return record
+
+    @staticmethod
+    def _image_message(
+        ctx: StepContext[MedVQAOptions], image_rel: str, data: bytes
+    ) -> Callable[[str], types_pb2.Image]:
+        """The item's image as a service gets it: a DataRef to the file when the service mounts the data volume,
+        else the file's bytes as read (never decoded and encoded again here)."""
+
+        def for_service(service: str) -> types_pb2.Image:
+            probe = ctx.data_volume
+            if probe is not None and probe.shares(ctx.clients[service]):
+                return types_pb2.Image(ref=types_pb2.DataRef(path=image_rel))
+            return types_pb2.Image(encoded=data)
+
+        return for_service
 
     def _prompts(self, p: dict[str, Any], o: MedVQAOptions) -> list[str]:
         if o.REGION_MODE == "composite" and p["regions"]:
@@ -269,7 +289,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
         self,
         item: Item,
         ctx: StepContext[MedVQAOptions],
-        data: bytes,
+        sent: Callable[[str], types_pb2.Image],
         image: np.ndarray,
         prompts: list[str],
         top_k: int,
@@ -283,9 +303,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
                 [] if gold else [f"no gold boxes in column {o.BOX_COLUMN}"]
             )
         request = biomedclip_pb2.LocalizeRequest(
-            items=[
-                biomedclip_pb2.PromptedImage(image=types_pb2.Image(encoded=data), prompt=prompt) for prompt in prompts
-            ],
+            items=[biomedclip_pb2.PromptedImage(image=sent("biomedclip"), prompt=prompt) for prompt in prompts],
             cam=o.cam(top_k),
             options=o.localize,
         )
@@ -315,11 +333,18 @@ class MedVQA(Pipeline[MedVQAOptions]):
         return _rel(path, ctx.output_dir)
 
     def _heatmap(
-        self, item: Item, ctx: StepContext[MedVQAOptions], data: bytes, prompt: str, stem: str, top_k: int
+        self,
+        item: Item,
+        ctx: StepContext[MedVQAOptions],
+        data: bytes,
+        sent: types_pb2.Image,
+        prompt: str,
+        stem: str,
+        top_k: int,
     ) -> str:
         o = ctx.options
         request = biomedclip_pb2.HeatmapRequest(
-            items=[biomedclip_pb2.PromptedImage(image=types_pb2.Image(encoded=data), prompt=prompt)],
+            items=[biomedclip_pb2.PromptedImage(image=sent, prompt=prompt)],
             cam=o.cam(top_k),
             render=biomedclip_pb2.RenderOptions(
                 composite=True, colormap=COLORMAPS[o.COLORMAP], alpha=o.ALPHA if o.COMPOSITE_MODE else 1.0,
@@ -336,8 +361,15 @@ class MedVQA(Pipeline[MedVQAOptions]):
         return _rel(path, ctx.output_dir)
 
     def _segment(
-        self, item: Item, ctx: StepContext[MedVQAOptions], image: np.ndarray, boxes: list[list[float]], stem: str
+        self,
+        item: Item,
+        ctx: StepContext[MedVQAOptions],
+        image: np.ndarray,
+        original: types_pb2.Image | None,
+        boxes: list[list[float]],
+        stem: str,
     ) -> tuple[str, list[str]]:
+        """MedSAM on the image; `original` is how to send the unmarked image as its file (None: as pixels)."""
         o = ctx.options
         if not boxes:  # nothing to segment: the VQA step still gets the image, unmarked
             path = files.write_png(ctx.output_dir / "overlays" / f"{stem}_overlay.png", image)
@@ -350,10 +382,16 @@ class MedVQA(Pipeline[MedVQAOptions]):
             shown = draw_boxes(image, chosen, (255, 0, 0), 5)
         if o.SCENARIO == "C":
             prompt_boxes = [_shift(b, SCENARIO_SHIFT_PX, w, h) for b in chosen]
+        if shown is image and original is not None:
+            picture = original
+        elif shown.nbytes <= MAX_RAW_IMAGE_BYTES:  # pixels as they are: no PNG encoding here, none to decode there
+            picture = types_pb2.Image(array=numpy_to_tensor(shown))
+        else:
+            picture = types_pb2.Image(encoded=_encode(shown, ".png"))
         request = medsam_pb2.SegmentRequest(
             items=[
                 medsam_pb2.SegmentItem(
-                    image=types_pb2.Image(encoded=_encode(shown, ".png")),
+                    image=picture,
                     boxes=[types_pb2.BoxXYXY(x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for b in prompt_boxes],
                 )
             ]
@@ -455,10 +493,15 @@ def _shift(box: list[float], shift: float, w: int, h: int) -> list[float]:
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
-    # The services' guarded decoder: pixels checked from the header (and PIL's bomb guard) before decoding.
+    return _decode_with_mode(data, name)[0]
+
+
+def _decode_with_mode(data: bytes, name: str) -> tuple[np.ndarray, str]:
+    """The image as L or RGB pixels, and the file's own mode. The services' guarded decoder: pixels checked
+    from the header (and PIL's bomb guard) before decoding."""
     guard_decoding(MAX_PIXELS)
     with open_image(data, MAX_PIXELS, f"image {name}") as img:
-        return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+        return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img), img.mode
 
 
 def _encode(picture: np.ndarray, suffix: str) -> bytes:

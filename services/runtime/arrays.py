@@ -4,6 +4,11 @@ Shared memory works like Triton's system shared-memory extension: the caller cre
 tmpfs folder both processes see, /dev/shm by default), writes the array there and sends only its name, offset,
 dtype and shape. Results come back the same way into a region the caller offers. The server never creates
 regions, so a crashed server leaks nothing; the caller unlinks its regions when done.
+
+As with Triton's registered regions, both sides set a region up once and reuse it: the caller keeps a pool of
+regions (`modelyard.runtime.client.SharedMemoryClient`), and the server maps each region once (`MappedRegions`)
+and reuses the mapping while the file at that name is the same file, so a call costs a stat instead of an open,
+an mmap and a page fault per page.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ import os
 import re
 import secrets
 import stat
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +40,21 @@ from modelyard.v1 import types_pb2
 ALLOWED_DTYPES = {"uint8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 MAX_ELEMENTS = 1 << 48  # far beyond any message or region, and within numpy's int64 size arithmetic
+# Looked up once: np.dtype(name) and dtype.name cost microseconds each, on every array of every call.
+_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ALLOWED_DTYPES}
+_DTYPE_NAMES = {dtype: name for name in ALLOWED_DTYPES for dtype in (np.dtype(name), _DTYPES[name])}
 
 
 def dtype_of(name: str) -> np.dtype:
-    if name not in ALLOWED_DTYPES:
+    dtype = _DTYPES.get(name)
+    if dtype is None:
         raise InvalidInput(f"dtype '{name}' is not supported; use one of {', '.join(sorted(ALLOWED_DTYPES))}")
-    return np.dtype(name).newbyteorder("<")
+    return dtype
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """`dtype.name`, from a table for the dtypes on the wire."""
+    return _DTYPE_NAMES.get(dtype) or dtype.name
 
 
 def _shape(shape: list[int] | tuple[int, ...], what: str) -> tuple[int, ...]:
@@ -81,8 +99,8 @@ def _open_region(shm_dir: Path, name: str, writable: bool) -> int:
         os.close(dir_fd)
 
 
-def _check_region(fd: int, shm_dir: Path, name: str) -> int:
-    """The region's size, once the open file is known to be a caller's own region (else InvalidInput)."""
+def _check_region(fd: int, shm_dir: Path, name: str) -> os.stat_result:
+    """The region's stat, once the open file is known to be a caller's own region (else InvalidInput)."""
     st, folder = os.fstat(fd), os.stat(shm_dir)
     where = f"shared-memory region '{name}' in {shm_dir}"
     if not stat.S_ISREG(st.st_mode):
@@ -96,7 +114,7 @@ def _check_region(fd: int, shm_dir: Path, name: str) -> int:
             f"{', '.join(map(str, sorted(trusted)))}): create it as one of them, or add the uid to "
             "runtime.shared_memory_uids"
         )
-    return int(st.st_size)
+    return st
 
 
 _TRUSTED_UIDS: set[int] = set()
@@ -113,8 +131,63 @@ def trusted_region_owners() -> set[int]:
     return {os.geteuid(), *_TRUSTED_UIDS}
 
 
+def _pid_namespace() -> int:
+    """This process's pid namespace (its inode number, unique on the host), 0 where it cannot be read. Regions are
+    named after it and the pid, so a folder shared between containers tells whose process created a region."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+_PID_NAMESPACE = _pid_namespace()
+_CREATED_NAME = re.compile(r"^[A-Za-z0-9_]+-n(\d+)-(\d+)-[0-9a-f]{12}$")
+
+
+def _process_tag() -> str:
+    return f"n{_PID_NAMESPACE}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_orphaned_regions(shm_dir: Path) -> list[str]:
+    """Unlink the regions that processes of this pid namespace created in `shm_dir` and left behind when they
+    died (killed before they could unlink them): plain files of this uid whose creator's pid no longer runs.
+    Regions of other namespaces (another container) and of other users are left alone. Returns the names."""
+    if not _PID_NAMESPACE:
+        return []
+    removed = []
+    try:
+        entries = list(os.scandir(shm_dir))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _CREATED_NAME.match(entry.name)
+        if not match or int(match.group(1)) != _PID_NAMESPACE or _alive(int(match.group(2))):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
+
+
 class SharedRegion:
     """A named shared-memory region mapped into this process."""
+
+    identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file mapped
+    owner = -1  # its owner's uid, when attached
 
     def __init__(self, path: Path, size: int, create: bool) -> None:
         self.path = path
@@ -134,7 +207,8 @@ class SharedRegion:
 
     @classmethod
     def create(cls, size: int, shm_dir: Path = Path("/dev/shm"), prefix: str = "modelyard") -> SharedRegion:
-        return cls(shm_dir / f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}", size, create=True)
+        """A new region of `size` bytes, named after this process (see `remove_orphaned_regions`)."""
+        return cls(shm_dir / f"{prefix}-{_process_tag()}-{secrets.token_hex(6)}", size, create=True)
 
     @classmethod
     def attach(
@@ -149,7 +223,8 @@ class SharedRegion:
         region.path, region.name, region._owner, region._map, region.size = path, name, False, None, 0
         fd = _open_region(shm_dir, name, writable)
         try:
-            size = _check_region(fd, shm_dir, name)
+            st = _check_region(fd, shm_dir, name)
+            size, region.identity, region.owner = int(st.st_size), (st.st_dev, st.st_ino), st.st_uid
             if span is not None and (span[0] < 0 or span[0] + span[1] > size):
                 raise InvalidInput(
                     f"array of {span[1]} bytes at offset {span[0]} overruns region '{name}' ({size} bytes): "
@@ -205,39 +280,43 @@ def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -
         dtype = dtype_of(msg.shared.dtype)
         shape = _shape(msg.shared.shape, what)
         nbytes = math.prod(shape) * dtype.itemsize
-        region = SharedRegion.attach(shm_dir, msg.shared.region, span=(int(msg.shared.offset), nbytes))
-        try:
-            # Zero-copy and read-only: the caller's region stays untouched and is only read while the call lasts
-            # (the view keeps the mapping alive; results never alias it because outputs are written out).
-            view = region.view(msg.shared.offset, dtype, shape)
-            view.flags.writeable = False
-            return view
-        finally:
-            region.close()
+        region = MAPPED_REGIONS.get(shm_dir, msg.shared.region, writable=False, span=(int(msg.shared.offset), nbytes))
+        # Zero-copy and read-only: the caller's region stays untouched and is only read while the call lasts
+        # (the view keeps the mapping alive; results never alias it because outputs are written out).
+        view = region.view(msg.shared.offset, dtype, shape)
+        view.flags.writeable = False
+        return view
     raise InvalidInput(f"{what}: empty Tensor; set `inline` or `shared`")
 
 
-def numpy_to_tensor(array: np.ndarray, out: OutputWriter | None = None) -> types_pb2.Tensor:
-    """Encode an array inline, or into the caller's output region when one was offered and it fits."""
+def numpy_to_tensor(
+    array: np.ndarray, out: OutputWriter | None = None, into: types_pb2.Tensor | None = None
+) -> types_pb2.Tensor:
+    """Encode an array inline, or into the caller's output region when one was offered and it fits. With `into`
+    (a Tensor field of the response being built) it is filled in place: building a message from nested
+    constructors copies an inline payload once per level."""
     array = np.asarray(array)
     if not array.flags.c_contiguous:  # (np.ascontiguousarray alone would turn a 0-d array into shape (1,))
         array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    if out is not None:
-        placed = out.place(array)
-        if placed is not None:
-            return types_pb2.Tensor(shared=placed)
-    return types_pb2.Tensor(
-        inline=types_pb2.NDArray(dtype=array.dtype.name, shape=list(array.shape), data=array.tobytes())
-    )
+    tensor = types_pb2.Tensor() if into is None else into
+    placed = out.place(array) if out is not None else None
+    if placed is not None:
+        tensor.shared.CopyFrom(placed)
+        return tensor
+    inline = tensor.inline
+    inline.dtype = dtype_name(array.dtype)
+    inline.shape[:] = array.shape
+    inline.data = array.tobytes()
+    return tensor
 
 
 class OutputWriter:
     """Places results in the caller's output region, one after another, 64-byte aligned."""
 
     def __init__(self, msg: types_pb2.OutputRegion, shm_dir: Path) -> None:
-        self._region = SharedRegion.attach(shm_dir, msg.region, writable=True, span=(int(msg.offset), 0))
+        self._region = MAPPED_REGIONS.get(shm_dir, msg.region, writable=True, span=(int(msg.offset), 0))
         self._cursor = int(msg.offset)
         self._end = min(self._region.size, int(msg.offset) + int(msg.capacity or self._region.size))
 
@@ -252,11 +331,120 @@ class OutputWriter:
         self._region.write(start, array)
         self._cursor = start + array.nbytes
         return types_pb2.SharedArray(
-            region=self._region.name, offset=start, dtype=array.dtype.name, shape=list(array.shape)
+            region=self._region.name, offset=start, dtype=dtype_name(array.dtype), shape=array.shape
         )
 
     def close(self) -> None:
-        self._region.close()
+        """Done writing (the mapping stays in MAPPED_REGIONS for the caller's next call)."""
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    region: SharedRegion
+    uid: int
+    size: int
+
+
+class MappedRegions:
+    """The server's mappings of callers' regions: each opened, checked and mapped once (`SharedRegion.attach`),
+    then reused while the file at that name is still that file.
+
+    Every use stats the name without following links and reuses the mapping only when it is the same inode
+    (still mapped here, so its number cannot have been reused), a single link, the same size and still owned
+    by a trusted uid; anything else is dropped and opened afresh with the full checks and their messages. A
+    mapping whose file is gone (the caller unlinked it, or exited and its regions were removed) is dropped at
+    its next use or by the sweep, which runs every `sweep_s` while any mapping is held, so no mapping keeps a
+    deleted region's memory alive for long. At most `max_regions` mappings of `max_bytes` in all are kept (the
+    least recently used go first). Nothing here ever creates or unlinks a file."""
+
+    def __init__(self, max_regions: int = 64, max_bytes: int = 16 << 30, sweep_s: float = 1.0) -> None:
+        self.max_regions = max_regions
+        self.max_bytes = max_bytes
+        self.sweep_s = sweep_s
+        self._lock = threading.Lock()
+        self._mappings: OrderedDict[tuple[str, str, bool], _Mapping] = OrderedDict()
+        self._sweeper: threading.Thread | None = None
+
+    def get(self, shm_dir: Path, name: str, writable: bool, span: tuple[int, int]) -> SharedRegion:
+        """The mapping of region `name` in `shm_dir`, with `span` (offset, bytes) checked to lie within it."""
+        path = region_path(shm_dir, name)
+        key = (str(shm_dir), name, writable)
+        with self._lock:
+            mapping = self._mappings.get(key)
+        if mapping is not None and self._unchanged(path, mapping):
+            if span[0] < 0 or span[0] + span[1] > mapping.size:
+                raise InvalidInput(
+                    f"array of {span[1]} bytes at offset {span[0]} overruns region '{name}' ({mapping.size} bytes): "
+                    "the array must lie within the region"
+                )
+            with self._lock:
+                if key in self._mappings:
+                    self._mappings.move_to_end(key)
+            return mapping.region
+        self.drop(shm_dir, name)
+        region = SharedRegion.attach(shm_dir, name, writable=writable, span=span)
+        with self._lock:
+            self._mappings[key] = _Mapping(region, region.owner, region.size)
+            self._evict()
+            self._start_sweeper()
+        return region
+
+    @staticmethod
+    def _unchanged(path: Path, mapping: _Mapping) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return (
+            stat.S_ISREG(st.st_mode)
+            and st.st_nlink == 1
+            and (st.st_dev, st.st_ino) == mapping.region.identity
+            and st.st_size == mapping.size
+            and st.st_uid == mapping.uid
+            and st.st_uid in trusted_region_owners()
+        )
+
+    def drop(self, shm_dir: Path, name: str) -> None:
+        """Forget the mappings of `name` (a view still in use keeps its own until it goes)."""
+        with self._lock:
+            for writable in (False, True):
+                self._mappings.pop((str(shm_dir), name, writable), None)
+
+    def sweep(self) -> int:
+        """Drop every mapping whose file is gone or changed; returns how many are still held."""
+        with self._lock:
+            held = list(self._mappings.items())
+        gone = [key for key, mapping in held if not self._unchanged(Path(key[0]) / key[1], mapping)]
+        with self._lock:
+            for key in gone:
+                self._mappings.pop(key, None)
+            return len(self._mappings)
+
+    def __len__(self) -> int:
+        return len(self._mappings)
+
+    def _evict(self) -> None:
+        total = sum(m.size for m in self._mappings.values())
+        while self._mappings and (len(self._mappings) > self.max_regions or total > self.max_bytes):
+            _, oldest = self._mappings.popitem(last=False)
+            total -= oldest.size
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None or not self._sweeper.is_alive():
+            self._sweeper = threading.Thread(target=self._sweep_while_held, name="shm-sweep", daemon=True)
+            self._sweeper.start()
+
+    def _sweep_while_held(self) -> None:
+        while True:
+            time.sleep(self.sweep_s)
+            with self._lock:
+                if not self._mappings:
+                    self._sweeper = None
+                    return
+            self.sweep()
+
+
+MAPPED_REGIONS = MappedRegions()
 
 
 def decode_image(

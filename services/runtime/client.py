@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +17,14 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelyard.runtime.arrays import SharedRegion, numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import (
+    SharedRegion,
+    dtype_name,
+    dtype_of,
+    numpy_to_tensor,
+    remove_orphaned_regions,
+    tensor_to_numpy,
+)
 from modelyard.runtime.auth import TokenCallInterceptor, read_token
 from modelyard.runtime.devices import MIB
 from modelyard.v1 import types_pb2
@@ -129,15 +138,39 @@ class ModelClient:
 
 
 class SharedMemoryClient:
-    """Shared-memory fast path for one peer: probes once, then reuses an input and an output region.
+    """Shared-memory fast path for one peer: probes once, then serves arrays from a pool of regions it created.
+
+    As with Triton's registered regions, a region is created (and its pages touched) once and reused call after
+    call; the peer keeps its mapping of it too. The regions of one call are those `tensor` and `output_region`
+    handed out on a thread since its last `read`: once a result has been read, that thread's next `tensor` or
+    `output_region` starts a new call and its earlier regions go back to the pool (`release` does so at once).
+    Each region is only ever in one call, so concurrent threads and several arrays per request never share one.
+    The pool grows as needed (sizes rounded up to a power of two, at least 1 MiB) to at most `max_bytes`;
+    beyond that, free regions are unlinked to make room, and when the regions in use alone would pass it the
+    array travels inline instead. This client owns its regions: `close` (or the end of the process) unlinks
+    them, and regions left by a killed process are removed by the next client of this host's namespace.
 
     Falls back to inline bytes when the peer cannot open this host's regions (another host, no shared volume).
     """
 
-    def __init__(self, info: Callable[[types_pb2.InfoRequest], types_pb2.ModelInfo], shm_dir: Path) -> None:
+    MIN_REGION_BYTES = 1 << 20
+
+    def __init__(
+        self,
+        info: Callable[[types_pb2.InfoRequest], types_pb2.ModelInfo],
+        shm_dir: Path,
+        max_bytes: int = 4 << 30,
+    ) -> None:
         self._shm_dir = shm_dir
-        self._input: SharedRegion | None = None
-        self._output: SharedRegion | None = None
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._regions: dict[str, SharedRegion] = {}  # every region of the pool, by name
+        self._free: list[SharedRegion] = []
+        self._calls: dict[int, _CallRegions] = {}  # thread id -> the regions of its current call
+        # Unlinks what is left if close() is never called (the client is collected, or the process ends).
+        self._finalizer = weakref.finalize(self, _close_regions, self._regions)
+        if shm_dir.is_dir():
+            remove_orphaned_regions(shm_dir)
         self.enabled = self._probe(info)
 
     def _probe(self, info: Callable[[types_pb2.InfoRequest], types_pb2.ModelInfo]) -> bool:
@@ -153,47 +186,103 @@ class SharedMemoryClient:
             except grpc.RpcError:
                 return False
 
-    def _region(self, current: SharedRegion | None, size: int) -> SharedRegion:
-        if current is not None and current.size >= size:
-            return current
-        if current is not None:
-            current.close()
-        return SharedRegion.create(max(size, 1 << 20), self._shm_dir)
+    @property
+    def regions(self) -> list[str]:
+        """The names of the pool's regions (in use or free)."""
+        with self._lock:
+            return list(self._regions)
+
+    def _lease(self, size: int) -> SharedRegion | None:
+        """A region of at least `size` bytes for this thread's current call; None when the pool is full."""
+        with self._lock:
+            call = self._calls.setdefault(threading.get_ident(), _CallRegions())
+            if call.read:  # the previous call's result was read: its regions are free again
+                self._free.extend(call.regions)
+                call.regions, call.read = [], False
+            fitting = [r for r in self._free if r.size >= size]
+            if fitting:
+                region = min(fitting, key=lambda r: r.size)
+                self._free.remove(region)
+            else:
+                wanted = max(self.MIN_REGION_BYTES, 1 << max(0, size - 1).bit_length())
+                while self._free and sum(r.size for r in self._regions.values()) + wanted > self.max_bytes:
+                    victim = self._free.pop(self._free.index(min(self._free, key=lambda r: r.size)))
+                    del self._regions[victim.name]
+                    victim.close()
+                if sum(r.size for r in self._regions.values()) + wanted > self.max_bytes:
+                    return None
+                region = SharedRegion.create(wanted, self._shm_dir)
+                self._regions[region.name] = region
+            call.regions.append(region)
+            return region
 
     def tensor(self, array: np.ndarray) -> types_pb2.Tensor:
-        """The array as a Tensor: in the shared input region when enabled, inline otherwise."""
+        """The array as a Tensor: in a region of the pool when enabled, inline otherwise."""
         if not self.enabled:
             return numpy_to_tensor(array)
         array = np.asarray(array)
         if not array.flags.c_contiguous:  # (np.ascontiguousarray alone would turn a 0-d array into shape (1,))
             array = np.ascontiguousarray(array)
-        self._input = self._region(self._input, array.nbytes)
-        self._input.write(0, array)
+        region = self._lease(array.nbytes)
+        if region is None:
+            return numpy_to_tensor(array)
+        region.write(0, array)
         return types_pb2.Tensor(
-            shared=types_pb2.SharedArray(region=self._input.name, offset=0, dtype=array.dtype.name, shape=array.shape)
+            shared=types_pb2.SharedArray(region=region.name, offset=0, dtype=dtype_name(array.dtype), shape=array.shape)
         )
 
     def output_region(self, capacity: int) -> types_pb2.OutputRegion:
-        if not self.enabled:
+        """A region of at least `capacity` bytes for the results (none when disabled or full: results come inline)."""
+        region = self._lease(capacity) if self.enabled else None
+        if region is None:
             return types_pb2.OutputRegion()
-        self._output = self._region(self._output, capacity)
-        return types_pb2.OutputRegion(region=self._output.name, offset=0, capacity=self._output.size)
+        return types_pb2.OutputRegion(region=region.name, offset=0, capacity=region.size)
 
     def read(self, msg: types_pb2.Tensor) -> np.ndarray:
-        """A result Tensor as an array (copied out of the output region, so the region can be reused)."""
-        if msg.WhichOneof("payload") == "shared":
-            assert self._output is not None and msg.shared.region == self._output.name
-            return self._output.view(msg.shared.offset, np.dtype(msg.shared.dtype), tuple(msg.shared.shape)).copy()
-        return tensor_to_numpy(msg, self._shm_dir)
+        """A result Tensor as an array (copied out of its region, so the region can be reused). Marks this
+        thread's call as done: its next `tensor` or `output_region` reuses the call's regions."""
+        with self._lock:
+            call = self._calls.get(threading.get_ident())
+            if call is not None:
+                call.read = True
+            region = self._regions.get(msg.shared.region) if msg.WhichOneof("payload") == "shared" else None
+        if msg.WhichOneof("payload") != "shared":
+            return tensor_to_numpy(msg, self._shm_dir)
+        if region is None:
+            raise ValueError(f"the result names region '{msg.shared.region}', which this client did not offer")
+        dtype, shape = dtype_of(msg.shared.dtype), tuple(msg.shared.shape)
+        return region.view(msg.shared.offset, dtype, shape).copy()
+
+    def release(self) -> None:
+        """Return this thread's regions to the pool now (its call is over, whether or not a result was read)."""
+        with self._lock:
+            call = self._calls.pop(threading.get_ident(), None)
+            if call is not None:
+                self._free.extend(call.regions)
 
     def close(self) -> None:
-        for region in (self._input, self._output):
-            if region is not None:
-                region.close()
-        self._input = self._output = None
+        """Unlink every region of the pool."""
+        with self._lock:
+            self._free.clear()
+            self._calls.clear()
+            _close_regions(self._regions)
 
     def __enter__(self) -> SharedMemoryClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _CallRegions:
+    """The regions one thread's current call holds, and whether its result has been read."""
+
+    def __init__(self) -> None:
+        self.regions: list[SharedRegion] = []
+        self.read = False
+
+
+def _close_regions(regions: dict[str, SharedRegion]) -> None:
+    for region in regions.values():
+        region.close()
+    regions.clear()

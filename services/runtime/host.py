@@ -29,6 +29,7 @@ from modelyard.runtime.devices import device_memory, select_device
 from modelyard.runtime.errors import Cancelled, DeadlineExceeded, FatalModelError, InvalidInput, NotReady
 from modelyard.runtime.governor import MemoryGovernor
 from modelyard.runtime.metrics import ServiceMetrics
+from modelyard.runtime.paths import read_confined
 from modelyard.runtime.progress import Progress, Update
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.v1 import types_pb2
@@ -179,10 +180,11 @@ class ModelHost:
             raise NotReady(f"{self.spec.name} is {self.state.value}; retry shortly or on another replica")
         if not items:
             raise InvalidInput("the request holds no items")
-        self.metrics.queue_depth.labels(self.spec.name).set(self.scheduler.depth)
+        self.metrics.set_queue_depth(self.scheduler.depth)
         progress.watch(context.is_active)
         future = self.scheduler.submit(items, context.is_active, inline=inline)
-        results = None
+        # (run on this thread when the model was idle: done already, nothing to wait for)
+        results = future.result() if inline and future.done() else None
         try:
             while results is None:
                 results = self._wait(future, context, timeout=0.25)
@@ -237,6 +239,7 @@ class ModelHost:
             max_batch_size=self.runtime.max_batch_size,
             fitted_batch_size=self.governor.fitted_batch_size if self.governor else 0,
             shared_memory_ok=self._probe_shared_memory(request),
+            data_probe_ok=self._probe_data_volume(request),
             version=__version__,
             details=extra,
             random_weights=random_weights,
@@ -254,6 +257,16 @@ class ModelHost:
             with SharedRegion.attach(self.runtime.shared_memory_dir, request.shared_memory_probe, span=span) as region:
                 data = region.view(0, np.dtype("uint8"), (len(token),)).tobytes()
                 return data == token
+        except Exception:
+            return False
+
+    def _probe_data_volume(self, request: types_pb2.InfoRequest) -> bool:
+        """Whether `data_probe`, read as any DataRef is (confined to the data volume, no links out, a regular
+        file), holds exactly `data_token`: then the caller and this service mount the same volume."""
+        if not request.data_probe or not request.data_token or self.runtime.data_root is None:
+            return False
+        try:
+            return read_confined(self.runtime.data_root, request.data_probe, 64) == request.data_token
         except Exception:
             return False
 

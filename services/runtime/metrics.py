@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -75,6 +76,11 @@ class ServiceMetrics:
         )
         self.queue_depth = Gauge("modelyard_queue_depth", "requests waiting", ["service"], registry=self.registry)
         self.oom_backoffs.labels(service)  # a series at 0 from the start: rate() and alerts need one
+        # Children looked up once: labels() takes a lock and builds a key on every call (microseconds per call).
+        self._calls: dict[tuple[str, str, bool], Any] = {}
+        self._batch_size = self.batch_size.labels(service)
+        self._queue_wait = self.queue_wait.labels(service)
+        self._queue_depth = self.queue_depth.labels(service)
         self.registry.register(_GpuMemoryCollector(service, self.device))
         # process_* (CPU, RSS, open fds, start time) and python_info, as the default registry has them.
         ProcessCollector(registry=self.registry)
@@ -83,9 +89,21 @@ class ServiceMetrics:
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
 
+    def observe_call(self, method: str, code: str, seconds: float, streaming: bool = False) -> None:
+        """One call's duration, in modelyard_request_seconds (modelyard_stream_seconds for a stream)."""
+        key = (method, code, streaming)
+        child = self._calls.get(key)
+        if child is None:
+            histogram = self.stream_latency if streaming else self.latency
+            child = self._calls.setdefault(key, histogram.labels(self.service, method, code))
+        child.observe(seconds)
+
+    def set_queue_depth(self, depth: int) -> None:
+        self._queue_depth.set(depth)
+
     def observe_batch(self, items: int, waited_s: float) -> None:
-        self.batch_size.labels(self.service).observe(items)
-        self.queue_wait.labels(self.service).observe(waited_s)
+        self._batch_size.observe(items)
+        self._queue_wait.observe(waited_s)
 
     def observe_backoff(self, _from: int, _to: int) -> None:
         self.oom_backoffs.labels(self.service).inc()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,6 +21,7 @@ from modelyard.runtime.config import load_config
 from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import ConfigError, InvalidInput, ModelyardError, status_of
 from modelyard.runtime.host import ModelHost
+from modelyard.runtime.logs import RequestLog
 from modelyard.runtime.metrics import ServiceMetrics
 from modelyard.runtime.reflection import enable_reflection
 
@@ -39,29 +40,38 @@ KEEPALIVE_POLICY = [
 
 
 class RequestInterceptor(grpc.ServerInterceptor):
-    """For every modelyard RPC: request id, size limit, one log line, latency metric, errors → status."""
+    """For every modelyard RPC: request id, size limit, one log line, latency metric, errors → status.
+
+    A method's wrapped handler is built once and reused: the call's own details (its request id) are read from
+    its context, so nothing but the call itself is built per call."""
 
     def __init__(self, service: str, metrics: ServiceMetrics, max_message_bytes: int) -> None:
         self._service = service
         self._metrics = metrics
         self._limit = max_message_bytes
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: Any
     ) -> grpc.RpcMethodHandler | None:
+        wrapped = self._handlers.get(details.method)
+        if wrapped is not None:
+            return wrapped
         handler = continuation(details)
         if handler is None or not details.method.startswith("/modelyard."):
             return handler
-        method = details.method.rsplit("/", 1)[-1]
-        metadata = dict(details.invocation_metadata or ())
+        wrapped = self._wrap(handler, details.method.rsplit("/", 1)[-1])
+        self._handlers[details.method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
 
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                call = _Call(self._service, self._metrics, method, metadata, context)
+            def unary(sized: _Sized, context: grpc.ServicerContext) -> Any:
+                call = _Call(self._service, self._metrics, method, context)
                 try:
-                    self._check_size(request)
-                    return behavior(request, context)
+                    return behavior(self._checked(sized), context)
                 except Exception as exc:
                     call.failed(exc)
                 finally:
@@ -70,19 +80,18 @@ class RequestInterceptor(grpc.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self._sized(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             streaming = handler.unary_stream
 
-            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            def stream(sized: _Sized, context: grpc.ServicerContext) -> Iterator[Any]:
                 # The same for a server-streaming call: errors raised while streaming end it with their status.
-                call = _Call(self._service, self._metrics, method, metadata, context)
+                call = _Call(self._service, self._metrics, method, context)
                 call.streaming = True  # timed apart: a stream lasts as long as its work, not one request
                 try:
-                    self._check_size(request)
-                    yield from streaming(request, context)
+                    yield from streaming(self._checked(sized), context)
                 except GeneratorExit:  # the client went away mid-stream
                     call.code, call.message = grpc.StatusCode.CANCELLED, "the client cancelled the stream"
                     raise
@@ -95,34 +104,58 @@ class RequestInterceptor(grpc.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self._sized(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _check_size(self, request: Any) -> None:
-        size = request.ByteSize()
+    def _sized(self, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], _Sized]:
+        """The method's deserializer, keeping the size on the wire (a message over the limit is not parsed)."""
+
+        def parse(data: bytes) -> _Sized:
+            if len(data) > self._limit or deserialize is None:
+                return _Sized(len(data), data if deserialize is None else None)
+            return _Sized(len(data), deserialize(data))
+
+        return parse
+
+    def _checked(self, sized: _Sized) -> Any:
+        size = sized.size
         if size > self._limit:
             raise InvalidInput(
                 f"request is {size / MIB:.1f} MiB, over this service's {self._limit / MIB:.0f} MiB message limit: "
                 "send large arrays through shared memory (Tensor.shared, same host) or as a data reference "
                 "(DataRef, a file on the data volume), split the request, or raise runtime.max_message_mb"
             )
+        return sized.request
+
+
+class _Sized(NamedTuple):
+    """A request as parsed, and its size on the wire."""
+
+    size: int
+    request: Any
+
+
+REQUEST_LOG = RequestLog(log)
+
+
+def request_id_of(context: grpc.ServicerContext) -> str:
+    """The caller's x-request-id, or a new random one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID and value:
+            return str(value)
+    return os.urandom(16).hex()
 
 
 class _Call:
     """One call's request id, status and timing, recorded once as a log line and a latency sample."""
 
-    def __init__(
-        self,
-        service: str,
-        metrics: ServiceMetrics,
-        method: str,
-        metadata: dict[str, Any],
-        context: grpc.ServicerContext,
-    ) -> None:
+    __slots__ = ("code", "message", "method", "metrics", "request_id", "service", "started", "streaming")
+
+    def __init__(self, service: str, metrics: ServiceMetrics, method: str, context: grpc.ServicerContext) -> None:
         self.service, self.metrics, self.method = service, metrics, method
-        self.request_id = str(metadata.get(REQUEST_ID) or uuid.uuid4().hex)
+        self.request_id = request_id_of(context)
         context.set_trailing_metadata(((REQUEST_ID, self.request_id),))
         self.started = time.perf_counter()
         self.code, self.message = grpc.StatusCode.OK, ""
@@ -135,8 +168,7 @@ class _Call:
 
     def record(self) -> None:
         duration = time.perf_counter() - self.started
-        histogram = self.metrics.stream_latency if self.streaming else self.metrics.latency
-        histogram.labels(self.service, self.method, self.code.name).observe(duration)
+        self.metrics.observe_call(self.method, self.code.name, duration, self.streaming)
         fields = {
             "service": self.service,
             "method": self.method,
@@ -146,7 +178,7 @@ class _Call:
         }
         if self.message:
             fields["error"] = self.message
-        log.info("request", extra={"fields": fields})
+        REQUEST_LOG.write(fields)
 
 
 def build_server(host: ModelHost, address: str) -> tuple[grpc.Server, int]:
@@ -228,5 +260,6 @@ def serve(spec: ServiceSpec, config_path: str | None, port: int, metrics_port: i
     log.info("draining", extra={"fields": {"service": spec.name, "grace_s": config.runtime.drain_seconds}})
     server.stop(config.runtime.drain_seconds).wait()
     host.close()
+    REQUEST_LOG.flush()
     log.info("stopped", extra={"fields": {"service": spec.name}})
     return exit_code[0]

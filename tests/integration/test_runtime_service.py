@@ -151,12 +151,22 @@ def test_large_arrays_travel_through_shared_memory_and_leave_nothing_behind(stub
     assert set(SHM.iterdir()) == before
 
 
+def logged_requests(log_path: Path, request_id: str, wait_s: float = 10.0) -> list[dict]:
+    """The request lines of `request_id` (written off the request thread: they may lag the answer a little)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+        found = [entry for entry in lines if entry.get("request_id") == request_id]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def test_the_request_id_comes_back_and_every_call_is_logged_once(stub, echo: LocalService) -> None:
     _response, call = stub.Echo.with_call(request(), metadata=request_metadata("req-42"), timeout=10)
     assert ("x-request-id", "req-42") in call.trailing_metadata()
     assert echo.log_path is not None
-    lines = [json.loads(line) for line in echo.log_path.read_text().splitlines()]
-    (line,) = [entry for entry in lines if entry.get("request_id") == "req-42"]
+    (line,) = logged_requests(echo.log_path, "req-42")
     assert line["service"] == "echo" and line["method"] == "Echo" and line["status"] == "OK"
     assert line["duration_ms"] >= 0
 

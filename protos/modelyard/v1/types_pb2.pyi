@@ -76,15 +76,19 @@ class BoxXYXY(_message.Message):
     def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
-    __slots__ = ("shared_memory_probe", "shared_memory_token")
+    __slots__ = ("shared_memory_probe", "shared_memory_token", "data_probe", "data_token")
     SHARED_MEMORY_PROBE_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DATA_PROBE_FIELD_NUMBER: _ClassVar[int]
+    DATA_TOKEN_FIELD_NUMBER: _ClassVar[int]
     shared_memory_probe: str
     shared_memory_token: bytes
-    def __init__(self, shared_memory_probe: _Optional[str] = ..., shared_memory_token: _Optional[bytes] = ...) -> None: ...
+    data_probe: str
+    data_token: bytes
+    def __init__(self, shared_memory_probe: _Optional[str] = ..., shared_memory_token: _Optional[bytes] = ..., data_probe: _Optional[str] = ..., data_token: _Optional[bytes] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("service", "model", "backend", "checkpoint", "checkpoint_sha256", "checkpoint_format", "device", "architecture", "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "rss_bytes", "max_batch_size", "fitted_batch_size", "shared_memory_ok", "version", "details", "random_weights")
+    __slots__ = ("service", "model", "backend", "checkpoint", "checkpoint_sha256", "checkpoint_format", "device", "architecture", "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "rss_bytes", "max_batch_size", "fitted_batch_size", "shared_memory_ok", "version", "details", "random_weights", "data_probe_ok")
     class DetailsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +113,7 @@ class ModelInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_PROBE_OK_FIELD_NUMBER: _ClassVar[int]
     service: str
     model: str
     backend: str
@@ -126,4 +131,5 @@ class ModelInfo(_message.Message):
     version: str
     details: _containers.ScalarMap[str, str]
     random_weights: bool
-    def __init__(self, service: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., checkpoint_format: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., gpu_memory_allocated_bytes: _Optional[int] = ..., gpu_memory_reserved_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., fitted_batch_size: _Optional[int] = ..., shared_memory_ok: bool = ..., version: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., random_weights: bool = ...) -> None: ...
+    data_probe_ok: bool
+    def __init__(self, service: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., checkpoint_format: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., gpu_memory_allocated_bytes: _Optional[int] = ..., gpu_memory_reserved_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., fitted_batch_size: _Optional[int] = ..., shared_memory_ok: bool = ..., version: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., random_weights: bool = ..., data_probe_ok: bool = ...) -> None: ...
