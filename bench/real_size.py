@@ -12,7 +12,10 @@ the proxy until a GPU measures it).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -163,20 +166,39 @@ HEADER = ["model (random weights)", "in-process p50", "service p50", "ratio (goa
           "memory_need_mb at batch 1", "measured: load + 1 call, CPU", "estimate off", "runs"]  # fmt: skip
 
 
+MODELS: dict[str, Callable[[Path, int], list[object]]] = {"medsam": medsam, "biomedclip": biomedclip}
+
+
+def measured_alone(name: str, n: int) -> list[object]:
+    """One model's row from a fresh process: memory an earlier model freed would otherwise be reused without
+    raising the RSS, and its load would look smaller than it is."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.real_size", "--n", str(n), "--only", name],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    row: list[object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3, help="timed calls per path (after one warm-up)")
+    parser.add_argument("--only", choices=sorted(MODELS), help="measure one model here and print its row as JSON")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = [medsam(Path(tmp), args.n), biomedclip(Path(tmp), args.n)]
+    if args.only:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(MODELS[args.only](Path(tmp), args.n)))
+        return 0
+    rows = [measured_alone(name, args.n) for name in MODELS]
     body = "\n".join(
         [
             "## Real-size architectures on the CPU (issue 16)",
             "",
             f"Machine: {machine()}, torch {torch.__version__}, {THREADS} intra-op threads in each process (the "
             "machine was shared with other jobs; the paths take turns). Random weights, real sizes, through the real "
-            "loading path. Measured = peak RSS while loading and calling minus RSS before loading (the GPU "
+            "loading path; each model measured in a fresh process. Measured = peak RSS while loading and calling "
+            "minus RSS before loading (the GPU "
             "estimate's CUDA-context term left out), the proxy until a GPU measures it (bench/gpu/check.sh).",
             "",
             table(HEADER, rows),

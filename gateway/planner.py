@@ -54,7 +54,7 @@ _OWNED_KEY = re.compile(r"^\s*(?:export\s+)?([A-Z0-9_]+)_(?:GPU|MEMORY_FRACTION)
 # (fixed MiB, MiB per batch item) from each adapter's memory_need_mb with the published checkpoints.
 FALLBACK_NEED_MB: dict[str, tuple[int, int]] = {
     "medsam": (757, 2016),  # vit_b: 357 MiB of weights + CUDA context; 1024x1024 encoder activations per image
-    "biomedclip": (1502, 133),  # 747 MiB checkpoint + context + a 32-image CAM chunk; backward per image
+    "biomedclip": (2213, 133),  # 747 MiB checkpoint + context + a 32-image CAM chunk; backward per image
     "tapip3d": (6200, 0),  # upstream at resolution_factor 2; sequences run one at a time
     "wilor": (3300, 120),  # upstream: ~2.4 GB checkpoint + detector + context; two hands per frame
 }

@@ -23,7 +23,7 @@ if [[ -z "${BASE_IMAGE:-}" ]]; then
     if docker image inspect "$stock" >/dev/null 2>&1 || docker pull --quiet "$stock" >/dev/null 2>&1; then
         BASE_IMAGE=$stock
     else
-        echo "cannot pull $stock (no registry reachable): building a base from Debian packages"
+        echo "cannot pull $stock (no registry reachable): the base comes from Debian packages"
         "$here/build-base.sh" modelyard/base:bookworm
         BASE_IMAGE=modelyard/base:bookworm
     fi

@@ -88,9 +88,7 @@ def memory_estimate_mb(checkpoint_bytes: int, shape: dict[str, int], batch_size:
     tokens, width, depth, heads = shape["tokens"], shape["width"], shape["depth"], shape["heads"]
     per_layer = tokens * width * 4 * 10 + heads * tokens * tokens * 4 * 3  # bytes of one block's saved tensors
     backward = depth * per_layer
-    # a masked forward runs without gradients: one block's tensors alive at a time (three, the earlier estimate,
-    # was 30 % over what bench/real_size.py measured for the released ViT-B/16 + PubMedBERT)
-    forward = per_layer
+    forward = 3 * per_layer  # a forward keeps a few layers' tensors alive at once
     return int(400 + (checkpoint_bytes + batch_size * backward + chunk_size * forward) / MIB)
 
 

@@ -112,6 +112,8 @@ def test_the_dockerfile_has_a_stage_per_deployable_over_a_shared_runtime() -> No
     assert stages["wilor-upstream"] == "runtime"
     # the classic builder builds every stage before its target: the standard images must not build these
     order = list(stages)
+    # ... and `--target gateway` / `--target wilor` never install torch: their stages come before it
+    assert max(order.index("gateway"), order.index("wilor")) < order.index("runtime")
     assert all(order.index(s) > order.index(standard) for s in upstream for standard in ("gateway", "wilor"))
     assert text.count("USER 10001:10001") == 5 + len(upstream) and "apt-get" not in text and "gcc" not in text
     # every install goes through pip-install: the wheelhouse served to the build (WHEELS), else the package index;

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -26,7 +27,7 @@ from PIL import Image
 from modelyard.gateway.assets import HAND_PHOTO, fetch
 from modelyard.gateway.samples import planar_photo_video, write_medvqa_inputs
 from modelyard.v1 import gateway_pb2
-from tests.compose.conftest import PROJECT_LABEL, STACK_UID, ComposeProject, Deployment
+from tests.compose.conftest import PROJECT_LABEL, ROOT, STACK_UID, ComposeProject, Deployment
 
 # Startup (and a first image build, when one is missing) counts against the first test.
 pytestmark = pytest.mark.timeout(3600)
@@ -128,6 +129,26 @@ def test_hand3d_runs_through_the_gateways_published_port(deployment: Deployment)
         assert h5["hands/left/valid"][:].all()  # the photo's pointing hand, found in every frame
 
 
+def test_the_readmes_compose_quick_start_works_as_written(deployment: Deployment, tmp_path: Path) -> None:
+    """The commands of README's "Compose quick start" after `make up`, verbatim but for the gateway's port (the
+    suite's project has one of its own) and the data folder it mounts, on the tiny stack with no options."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### Compose quick start (CPU)", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #")[0].strip() for line in block.splitlines() if ".venv/bin/modelyard" in line]
+    assert len(commands) == 2 and "run medvqa" in commands[1], commands
+    write_medvqa_inputs(tmp_path / "my-study", count=3)
+    (tmp_path / "data").symlink_to(deployment.data)  # `cp -r my-study data/` lands in the mounted folder
+    port = deployment.gateway.rsplit(":", 1)[1]
+    for command in commands:
+        command = command.replace("127.0.0.1:50050", f"127.0.0.1:{port}")
+        command = command.replace(".venv/bin/modelyard", str(ROOT / ".venv" / "bin" / "modelyard"))
+        done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    out = deployment.data / "runs" / "seg"
+    assert len((out / "vqa_manifest.csv").read_text().splitlines()) == 1 + 3
+    assert "RANDOM WEIGHTS" in (out / "report.txt").read_text()  # the tiny models say what they are
+
+
 def test_outputs_are_the_stack_users_files_and_readable_by_any_other_user(deployment: Deployment) -> None:
     job = run(deployment, "medvqa", medvqa_input(deployment, 2), MEDVQA)
     check_medvqa(deployment, job, 2)
@@ -139,8 +160,15 @@ def test_outputs_are_the_stack_users_files_and_readable_by_any_other_user(deploy
         if deployment.project is not None:  # the suite's own stack: the containers ran as STACK_UID
             assert path.stat().st_uid == STACK_UID, path
     if os.geteuid() == 0:  # read them as an unrelated, unprivileged user, as a colleague on the host would
-        report = deployment.data / job.output / "report.txt"
-        done = subprocess.run(["cat", str(report)], user=54321, group=54321, capture_output=True, text=True)
+        # from the data folder down (the suite's temporary folders above it are root's own): through an open
+        # descriptor of it, so only the folders the stack made and the file itself are checked
+        data = os.open(deployment.data, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            report = f"/proc/self/fd/{data}/{job.output}/report.txt"
+            done = subprocess.run(["cat", report], user=54321, group=54321, pass_fds=(data,), capture_output=True,
+                                  text=True)  # fmt: skip
+        finally:
+            os.close(data)
         assert done.returncode == 0 and "medvqa" in done.stdout, done.stderr
 
 
