@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,6 +105,29 @@ def _interrupted(job: gateway_pb2.Job | None) -> int:
     return INTERRUPTED
 
 
+@contextlib.contextmanager
+def _ctrl_c_ends_the_stream(client: GatewayClient) -> Iterator[threading.Event]:
+    """While following a job, Ctrl-C closes the client (from a thread of its own), so the stream ends at once and
+    the caller reports the interruption; a KeyboardInterrupt raised wherever the main thread happens to be (inside
+    gRPC's or rich's locks) could leave the CLI hanging instead of exiting."""
+    pressed = threading.Event()
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        if not pressed.is_set():
+            pressed.set()
+            threading.Thread(target=client.close, name="ctrl-c", daemon=True).start()
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    except ValueError:  # not the main thread (the CLI called from a program's thread): Ctrl-C stays as it was
+        yield pressed
+        return
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -112,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     client = _client(args)
     last = None
     try:
-        with Progress(
+        with _ctrl_c_ends_the_stream(client) as pressed, Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False,
         ) as progress:  # fmt: skip
@@ -127,11 +154,15 @@ def _run(args: argparse.Namespace) -> int:
                 if event.HasField("item") and event.item.state == "failed":
                     progress.console.print(f"[red]item {event.item.key} failed:[/red] {event.item.error}")
     except grpc.RpcError as exc:
+        if pressed.is_set():  # the stream ended because Ctrl-C closed the client
+            return _interrupted(last)
         return _failed_call(args, exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the handler was in place
         return _interrupted(last)
     finally:
         client.close()
+    if pressed.is_set() and (last is None or last.state not in ("done", "failed", "cancelled")):
+        return _interrupted(last)  # Ctrl-C ended the stream before the job did
     assert last is not None
     print(
         f"job {last.id} {last.state}: {last.done} done, {last.failed} failed, {last.pending} not run; "
@@ -194,10 +225,15 @@ def _jobs(args: argparse.Namespace) -> int:
         elif args.action == "watch":
             last = None
             try:
-                for event in client.watch(args.id):
-                    last = event.job
-                    if event.HasField("item") and event.item.state in ("done", "failed"):
-                        print(f"{event.item.state:6} {event.item.key} {event.item.error}".rstrip(), flush=True)
+                with _ctrl_c_ends_the_stream(client) as pressed:
+                    for event in client.watch(args.id):
+                        last = event.job
+                        if event.HasField("item") and event.item.state in ("done", "failed"):
+                            print(f"{event.item.state:6} {event.item.key} {event.item.error}".rstrip(), flush=True)
+            except grpc.RpcError:
+                if pressed.is_set():
+                    return _interrupted(last)
+                raise
             except KeyboardInterrupt:
                 return _interrupted(last)
             if last is not None:
