@@ -183,6 +183,15 @@ def remove_orphaned_regions(shm_dir: Path) -> list[str]:
     return removed
 
 
+def _check_span(name: str, span: tuple[int, int], size: int) -> None:
+    """`span` (offset, bytes) lies within region `name` of `size` bytes, else InvalidInput."""
+    if span[0] < 0 or span[0] + span[1] > size:
+        raise InvalidInput(
+            f"array of {span[1]} bytes at offset {span[0]} overruns region '{name}' ({size} bytes): "
+            "the array must lie within the region"
+        )
+
+
 class SharedRegion:
     """A named shared-memory region mapped into this process."""
 
@@ -225,11 +234,8 @@ class SharedRegion:
         try:
             st = _check_region(fd, shm_dir, name)
             size, region.identity, region.owner = int(st.st_size), (st.st_dev, st.st_ino), st.st_uid
-            if span is not None and (span[0] < 0 or span[0] + span[1] > size):
-                raise InvalidInput(
-                    f"array of {span[1]} bytes at offset {span[0]} overruns region '{name}' ({size} bytes): "
-                    "the array must lie within the region"
-                )
+            if span is not None:
+                _check_span(name, span, size)
             region._map_fd(fd, size, writable)
         finally:
             os.close(fd)
@@ -372,11 +378,7 @@ class MappedRegions:
         with self._lock:
             mapping = self._mappings.get(key)
         if mapping is not None and self._unchanged(path, mapping):
-            if span[0] < 0 or span[0] + span[1] > mapping.size:
-                raise InvalidInput(
-                    f"array of {span[1]} bytes at offset {span[0]} overruns region '{name}' ({mapping.size} bytes): "
-                    "the array must lie within the region"
-                )
+            _check_span(name, span, mapping.size)
             with self._lock:
                 if key in self._mappings:
                     self._mappings.move_to_end(key)
