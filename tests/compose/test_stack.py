@@ -86,8 +86,16 @@ def output_for(input_rel: str) -> str:
     return "results/" + input_rel.removesuffix("/questions.csv").rsplit("/", 1)[-1]
 
 
+def failures(deployment: Deployment, job: gateway_pb2.Job) -> list[str]:
+    """The job report's FAILED lines: each failed item with its error."""
+    report = deployment.data / job.output / "report.txt"
+    lines = report.read_text().splitlines() if report.is_file() else ["(no report.txt)"]
+    return [line for line in lines if line.startswith("FAILED")]
+
+
 def check_medvqa(deployment: Deployment, job: gateway_pb2.Job, count: int) -> None:
-    assert job.state == "done" and job.total == job.done == count and job.failed == 0, job
+    assert job.failed == 0, failures(deployment, job)
+    assert job.state == "done" and job.total == job.done == count, job
     out = deployment.data / job.output
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == count  # none lost, none written twice
