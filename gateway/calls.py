@@ -1,7 +1,10 @@
 """Calls from the gateway to model services: deadlines, retries, replica failover, one request id.
 
 Retries (tenacity) only for codes that can succeed later: UNAVAILABLE (restarting, draining), DEADLINE_EXCEEDED,
-RESOURCE_EXHAUSTED (queue full, out of memory), ABORTED. Exponential backoff with jitter, bounded by total time
+RESOURCE_EXHAUSTED (queue full, out of memory), ABORTED, and a CANCELLED the gateway did not ask for: a replica
+that shuts down (a rolling update) cancels calls its server had received but not yet started (grpc/grpc#41785);
+the gateway's own cancels end a call with FutureCancelledError instead, and a closed client retries nothing.
+Exponential backoff with jitter, bounded by total time
 (`max_total_s`; `max_attempts` only when set); each attempt has its own deadline and goes to the next replica;
 every attempt carries the same x-request-id. INVALID_ARGUMENT and other codes fail at once: the item fails with the
 service's message.
@@ -40,6 +43,7 @@ RETRYABLE = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,  # only as a status from the other side (see above and ServiceClient._retryable)
     }
 )
 # Pings notice a peer that vanished without closing its connections (a frozen or unplugged container) in
@@ -98,10 +102,6 @@ class CallFailed(Exception):
         self.attempts = attempts
 
 
-def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() in RETRYABLE
-
-
 class ServiceClient:
     """A service's replicas behind one `call(rpc, request)` with retries and failover."""
 
@@ -138,6 +138,7 @@ class ServiceClient:
         self._on_retry = on_retry
         self._on_call = on_call
         self.in_flight = threading.BoundedSemaphore(config.max_in_flight)
+        self._closed = False
 
     def call(self, rpc: str, request: Any, request_id: str | None = None) -> Any:
         """Call `rpc` until it succeeds or cannot; raises CallFailed."""
@@ -150,7 +151,7 @@ class ServiceClient:
         if cfg.max_attempts is not None:
             stop = stop | stop_after_attempt(cfg.max_attempts)
         retrying = Retrying(
-            retry=retry_if_exception(is_retryable),
+            retry=retry_if_exception(self._retryable),
             stop=stop,
             wait=wait_random_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s),
             before_sleep=lambda state: self._retrying(
@@ -180,6 +181,11 @@ class ServiceClient:
             if self._on_call:
                 self._on_call(self.name, rpc, time.monotonic() - started, False)
             raise CallFailed(self.name, exc.code(), exc.details() or "", attempts) from None
+
+    def _retryable(self, exc: BaseException) -> bool:
+        # A CANCELLED RpcError is never the gateway's own cancel (that raises grpc.FutureCancelledError), except
+        # for calls on channels this client closed.
+        return isinstance(exc, grpc.RpcError) and exc.code() in RETRYABLE and not self._closed
 
     def _watch(self, index: int) -> Callable[[grpc.ChannelConnectivity], None]:
         def update(state: grpc.ChannelConnectivity) -> None:
@@ -214,6 +220,7 @@ class ServiceClient:
                 self._on_retry(self.name, exc.code())
 
     def close(self) -> None:
+        self._closed = True
         for chan, watcher in zip(self._channels, self._watchers, strict=False):  # none for one replica
             chan.unsubscribe(watcher)
         for chan in self._channels:

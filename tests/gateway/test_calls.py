@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from modelyard.gateway import cancel
 from modelyard.gateway.calls import CallFailed, EndpointConfig, ServiceClient
 from modelyard.runtime.launch import free_port
 from modelyard.v1 import echo_pb2, echo_pb2_grpc
@@ -67,6 +68,7 @@ def client(*addresses: str, **overrides: float | int | str) -> ServiceClient:
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,  # sent by a replica shutting down (grpc/grpc#41785), not by the gateway
     ],
 )
 def test_retryable_codes_are_retried_with_the_same_request_id(code: grpc.StatusCode) -> None:
@@ -90,6 +92,36 @@ def test_other_codes_fail_at_once_with_the_services_message(code: grpc.StatusCod
             client(address).call("Echo", echo_pb2.EchoRequest())
         assert err.value.code == code and err.value.attempts == 1
         assert err.value.message == f"simulated {code.name}"
+        assert len(servicer.request_ids) == 1
+    finally:
+        server.stop(0)
+
+
+def test_a_call_of_a_cancelled_job_is_not_retried() -> None:
+    servicer = Flaky(grpc.StatusCode.UNAVAILABLE, failures=1, sleep_s=2.0)  # the first call hangs, then fails
+    server, address = serve(servicer)
+    scope = cancel.Cancellation()
+    token = cancel.current.set(scope)
+    try:
+        threading.Timer(0.3, scope.set).start()
+        started = time.monotonic()
+        with pytest.raises(grpc.FutureCancelledError):
+            client(address).call("Echo", echo_pb2.EchoRequest())
+        assert time.monotonic() - started < 1.5 and len(servicer.request_ids) == 1
+    finally:
+        cancel.current.reset(token)
+        server.stop(0)
+
+
+def test_a_call_cut_short_by_closing_its_client_is_not_retried() -> None:
+    servicer = Flaky(grpc.StatusCode.UNAVAILABLE, failures=1, sleep_s=2.0)
+    server, address = serve(servicer)
+    echo = client(address)
+    try:
+        threading.Timer(0.3, echo.close).start()
+        with pytest.raises(CallFailed) as err:
+            echo.call("Echo", echo_pb2.EchoRequest())
+        assert err.value.code == grpc.StatusCode.CANCELLED and err.value.attempts == 1
         assert len(servicer.request_ids) == 1
     finally:
         server.stop(0)

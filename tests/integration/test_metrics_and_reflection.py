@@ -79,7 +79,7 @@ def test_oom_backoffs_are_exported_at_zero_before_the_first_one(echo: LocalServi
 
 def test_gateway_retries_are_exported_at_zero_for_every_service_and_retried_code(gateway: dict) -> None:
     text = scrape(gateway["metrics_port"])
-    for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"):
+    for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"):
         assert f'modelyard_gateway_retries_total{{code="{code}",service="medsam"}} 0.0' in text
     assert "process_cpu_seconds_total" in text
 
