@@ -119,8 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         try:
             add_commands = ep.load()
-        except ImportError as exc:  # a service whose dependencies live in another environment
-            log.debug("commands of %s unavailable here: %s", ep.name, exc)
+        except ImportError as exc:
+            from modelyard.runtime.registry import missing_dependency
+
+            if missing_dependency(exc) is not None:  # a service whose packages live in another environment
+                log.debug("commands of %s unavailable here: %s", ep.name, exc)
+            else:  # an error in our own module: the other commands still work, and this says why these are gone
+                print(f"modelyard: the {ep.name} commands failed to load: {exc!r}", file=sys.stderr)
             continue
         add_commands(sub)
     return parser
