@@ -11,8 +11,8 @@ which loads the weights strictly.
 
 Nothing is downloaded. The cfg says `pretrained: true`, as released checkpoints do (the encoder would then
 torch.hub.load CoTracker3); building and reloading force it off in a copy, and torch.hub.load raises meanwhile.
-Where pointops2's CUDA kernels (imported with the models) are not built, a stand-in whose knnquery raises takes
-their place: building and loading never call it, running the model does.
+Where pointops2's CUDA kernels (imported with the models) are not built, the service's torch knnquery takes their
+place, as in the service (modelyard.tapip3d.upstream); building and loading never call it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from typing import Any
 FILE_NAME = "tapip3d_random.pth"
 CORR_LEVELS, TRANSFORMER_DIM = 4, 128
 POSENC_DEGREES = 16  # TAPIP3D's posenc(min_deg=-2, max_deg=14): each value, then its sin and cos at 16 scales
-# Where TAPIP3D's KNN correlation imports pointops2's functions from (`pointops` in it).
-POINTOPS_PACKAGE = "third_party.pointops2.functions"
 
 
 def updater_input_dim(corr_levels: int, transformer_dim: int) -> int:
@@ -76,21 +74,15 @@ def checkpoint_config(height: int, width: int) -> Any:
     return OmegaConf.create({"model": model, "train_dataset": {"resolution": [height, width]}})
 
 
-def _no_knnquery(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("pointops2's CUDA kernels are not built here: this TAPIP3D can be built and loaded, not run")
-
-
 def import_models(checkout: Path) -> types.ModuleType:
     """The checkout's `models` package, imported with the checkout first on sys.path (its top-level names, such
-    as `datasets` and `utils`, are its own)."""
+    as `datasets` and `utils`, are its own), and the service's torch knnquery where pointops2's kernels are not
+    built, as the service puts it."""
+    from modelyard.tapip3d.upstream import put_torch_knnquery_in_place
+
     sys.path.insert(0, str(checkout.resolve()))
     if importlib.util.find_spec("pointops2_cuda") is None:
-        standin = types.ModuleType("pointops2")
-        standin.knnquery = _no_knnquery  # type: ignore[attr-defined]
-        sys.modules["pointops2"] = standin  # functions/__init__.py star-imports it
-        package = importlib.import_module(POINTOPS_PACKAGE)
-        sys.modules[f"{POINTOPS_PACKAGE}.pointops"] = standin
-        package.pointops = standin  # type: ignore[attr-defined]
+        put_torch_knnquery_in_place(checkout)
     return importlib.import_module("models")
 
 

@@ -94,6 +94,21 @@ def _where(exc: BaseException, root: Path) -> str:
     return found
 
 
+def put_torch_knnquery_in_place(root: Path) -> None:
+    """Our knnquery where the TAPIP3D checkout at `root` imports pointops2 from (call with its imports active)."""
+    # functions/__init__.py star-imports the installed `pointops2` package: ours stands in for both.
+    sys.modules[POINTOPS_PACKAGE] = knn
+    try:
+        package = importlib.import_module(POINTOPS_MODULE.rpartition(".")[0])
+    except ImportError as exc:
+        raise ConfigError(
+            f"{root}/third_party/pointops2 could not be imported ({exc}): the checkout is incomplete "
+            "(git status there shows what is missing)"
+        ) from None
+    sys.modules[POINTOPS_MODULE] = knn
+    setattr(package, "pointops", knn)  # noqa: B010 (a module attribute mypy cannot know)
+
+
 class UpstreamImports:
     """Imports from a checkout without leaking its top-level packages into the rest of the process."""
 
@@ -260,7 +275,7 @@ class Upstream(Backend):
             self.imports.names.add(POINTOPS_PACKAGE)
         with self.imports.active():
             if self.knn == "torch":
-                self._knn_in_place()
+                put_torch_knnquery_in_place(self.config.root)
             modules = {name: self._import(name) for name in ENTRY_POINTS}
             self._inference = modules["utils.inference_utils"]
             self._filter_one_depth = modules["datasets.data_ops"]._filter_one_depth
@@ -286,20 +301,6 @@ class Upstream(Backend):
             "not built into this Python" if self.device.startswith("cuda") else "CUDA only",
         )
         return "torch"
-
-    def _knn_in_place(self) -> None:
-        """Our knnquery where TAPIP3D imports pointops2 from (call with the imports active)."""
-        # functions/__init__.py star-imports the installed `pointops2` package: ours stands in for both.
-        sys.modules[POINTOPS_PACKAGE] = knn
-        try:
-            package = importlib.import_module(POINTOPS_MODULE.rpartition(".")[0])
-        except ImportError as exc:
-            raise ConfigError(
-                f"{self.config.root}/third_party/pointops2 could not be imported ({exc}): the checkout is incomplete "
-                "(git status there shows what is missing)"
-            ) from None
-        sys.modules[POINTOPS_MODULE] = knn
-        setattr(package, "pointops", knn)  # noqa: B010 (a module attribute mypy cannot know)
 
     def _import(self, name: str) -> ModuleType:
         """One of the checkout's modules, with what this service calls in it (call with the imports active)."""
