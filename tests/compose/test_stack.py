@@ -28,6 +28,7 @@ from modelyard.gateway.assets import HAND_PHOTO, fetch
 from modelyard.gateway.samples import planar_photo_video, write_medvqa_inputs
 from modelyard.v1 import gateway_pb2
 from tests.compose.conftest import PROJECT_LABEL, ROOT, STACK_UID, ComposeProject, Deployment
+from tests.other_user import as_user
 
 # Startup (and a first image build, when one is missing) counts against the first test.
 pytestmark = pytest.mark.timeout(3600)
@@ -173,8 +174,7 @@ def test_outputs_are_the_stack_users_files_and_readable_by_any_other_user(deploy
         data = os.open(deployment.data, os.O_RDONLY | os.O_DIRECTORY)
         try:
             report = f"/proc/self/fd/{data}/{job.output}/report.txt"
-            done = subprocess.run(["cat", report], user=54321, group=54321, pass_fds=(data,), capture_output=True,
-                                  text=True)  # fmt: skip
+            done = subprocess.run(as_user(54321, ["cat", report]), pass_fds=(data,), capture_output=True, text=True)
         finally:
             os.close(data)
         assert done.returncode == 0 and "medvqa" in done.stdout, done.stderr

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from modelyard.gateway import files
+from tests.other_user import as_user
 
 NOBODY = 65534
 
@@ -56,8 +57,6 @@ def test_outputs_get_the_mode_the_umask_gives_new_files(shared_folder: Path) -> 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
 def test_another_user_can_read_every_output(shared_folder: Path) -> None:
     for path in written(shared_folder):
-        result = subprocess.run(
-            ["cat", str(path)], capture_output=True, timeout=30, user=NOBODY, group=NOBODY, extra_groups=[]
-        )
+        result = subprocess.run(as_user(NOBODY, ["cat", str(path)]), capture_output=True, timeout=30)
         assert result.returncode == 0, result.stderr.decode()
         assert result.stdout == path.read_bytes()
