@@ -8,7 +8,7 @@ PROTOC := .venv-protoc/bin/python
 WILOR_VENV  := .venv-wilor
 WILOR_PY    := $(WILOR_VENV)/bin/python
 WILOR_STAMP := $(WILOR_VENV)/.setup-stamp
-SOURCES := services gateway protos/generate.py tests bench
+SOURCES := services gateway ops demo protos/generate.py tests bench
 
 .PHONY: setup run test unit integration lint format typecheck proto proto-check bench clean setup-wilor test-assets bench-wilor
 
@@ -36,7 +36,7 @@ test-assets: setup
 	$(PY) -m tests.assets
 
 run: setup test-assets
-	$(PY) -m modelyard.gateway.demo --out demo-output
+	$(PY) -m modelyard.demo --out demo-output
 
 test: setup lint typecheck proto-check test-assets images-if-engine
 	MODELYARD_WILOR_PYTHON=$(WILOR_PY) $(PY) -m pytest -q
@@ -56,7 +56,7 @@ format: setup
 	$(VENV)/bin/ruff format $(SOURCES)
 
 typecheck: setup
-	$(VENV)/bin/mypy services gateway
+	$(VENV)/bin/mypy services gateway ops demo
 
 proto: setup
 	$(PROTOC) protos/generate.py

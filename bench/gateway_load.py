@@ -27,7 +27,7 @@ import grpc
 
 from bench.report import machine, table, write_section
 from bench.tiny_stack import rss_mib, threads, tiny_stack
-from modelyard.gateway.samples import write_medvqa_inputs
+from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.runtime.client import channel
 from modelyard.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -170,7 +170,7 @@ def run(clients: int, seconds: float, folder: Path) -> str:
         "## Gateway under load (issue 6)\n\n"
         f"Machine: {machine()}; load average (1 min) {load_before:.1f} before, {load_after:.1f} after. "
         f"{clients} concurrent clients (threads of one process, one channel each) for {seconds:.0f} s against the "
-        "local stack (`modelyard.gateway.local.up`: tiny random-weight MedSAM and BiomedCLIP, one intra-op thread "
+        "local stack (`modelyard.ops.local.up`: tiny random-weight MedSAM and BiomedCLIP, one intra-op thread "
         f"each, and the gateway with {', '.join(f'{k}: {v}' for k, v in GATEWAY.items())}), loopback only. "
         "Mix per call: "
         + ", ".join(f"{rpc} {share:.0%}" for rpc, share in MIX.items())

@@ -6,7 +6,7 @@ python -m bench.medvqa_vs_sequential [--images 32]
 Both do STAGE=segmentation MODE=inference per (image, question): BiomedCLIP gScoreCAM map -> boxes (the seed's
 box options) -> MedSAM on the first box -> mask and overlay PNGs, then vqa_manifest.csv and predictions.jsonl.
 In-process, both adapters are loaded once and the items run in a loop, torch with its default threads (all cores).
-Through the gateway: `modelyard.gateway.local.up` (each service its own process with one intra-op thread; items
+Through the gateway: `modelyard.ops.local.up` (each service its own process with one intra-op thread; items
 overlap across the two services), timed from RunPipeline to the job's last event. Model loading and the stack's
 start-up are excluded from both and reported apart. The masks of both runs are compared.
 """
@@ -34,13 +34,13 @@ from modelyard.biomedclip.config import BiomedCLIPConfig
 from modelyard.biomedclip.model import BiomedCLIPAdapter, Heatmap, HeatmapItem
 from modelyard.biomedclip.preprocess import to_frame
 from modelyard.biomedclip.servicer import localize_settings
+from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.gateway import files
 from modelyard.gateway.calls import EndpointConfig, ServiceClient
 from modelyard.gateway.client import GatewayClient
 from modelyard.gateway.datarefs import DataVolumeProbe
 from modelyard.gateway.pipeline import StepContext
 from modelyard.gateway.pipelines.medvqa import MedVQA, MedVQAOptions
-from modelyard.gateway.samples import write_medvqa_inputs
 from modelyard.gateway.server import STUBS
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.model import MedSAMAdapter, SegmentItem

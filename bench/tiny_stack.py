@@ -1,5 +1,5 @@
 """The medvqa half of the demo's local stack for benchmarks: tiny random-weight MedSAM and BiomedCLIP as local
-processes plus the gateway (`modelyard.gateway.local.up/down`), on the CPU, one intra-op thread per service."""
+processes plus the gateway (`modelyard.ops.local.up/down`), on the CPU, one intra-op thread per service."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from modelyard.gateway.local import Process, down, up
+from modelyard.ops.local import Process, down, up
 
 THREADS = "1"  # intra-op threads per service: each service process gets one of the 2 shared cores
 TOP_K = 16  # gScoreCAM channels: the tiny model's target layer has 64 (BiomedCLIP's has 768, default 300)

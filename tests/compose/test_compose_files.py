@@ -73,7 +73,7 @@ def test_the_gpu_overlay_pins_each_service_from_the_planners_variables() -> None
     assert merged["medsam"]["environment"]["MODELYARD_MEMORY_FRACTION"] == "0.46"
     assert merged["tapip3d"]["environment"]["MODELYARD_MEMORY_FRACTION"] in ("", None)  # empty: no cap
     assert "deploy" not in merged["gateway"]
-    # exactly the variables the planner writes (gateway/planner.py)
+    # exactly the variables the planner writes (ops/planner.py)
     text = GPU_FILE.read_text()
     assert set(re.findall(r"\$\{([A-Z0-9_]+):-", text)) == {
         f"{s.upper()}_{suffix}" for s in MODEL_SERVICES for suffix in ("GPU", "MEMORY_FRACTION")

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modelyard.gateway.assets import HAND_PHOTO, fetch
-from modelyard.gateway.samples import planar_photo_video, write_medvqa_inputs
+from modelyard.demo.assets import HAND_PHOTO, fetch
+from modelyard.demo.samples import planar_photo_video, write_medvqa_inputs
 from modelyard.v1 import gateway_pb2
 from tests.compose.conftest import PROJECT_LABEL, ROOT, STACK_UID, ComposeProject, Deployment
 from tests.other_user import as_user

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from modelyard.gateway.doctor import (
+from modelyard.ops.doctor import (
     check_configs,
     check_containers,
     check_engine,
@@ -25,8 +25,8 @@ from modelyard.gateway.doctor import (
     image_name,
     planned_gpus,
 )
-from modelyard.gateway.planner import MODEL_SERVICES, ServiceNeed, plan_gpus, write_env
-from modelyard.gateway.volumes import Mounts
+from modelyard.ops.planner import MODEL_SERVICES, ServiceNeed, plan_gpus, write_env
+from modelyard.ops.volumes import Mounts
 from modelyard.runtime.cli import main
 from modelyard.runtime.devices import GpuSnapshot, GpuState
 

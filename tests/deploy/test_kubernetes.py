@@ -16,7 +16,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 from modelyard.gateway.config import GatewayConfig
-from modelyard.gateway.planner import MODEL_SERVICES
+from modelyard.ops.planner import MODEL_SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"

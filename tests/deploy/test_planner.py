@@ -9,7 +9,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from modelyard.gateway.planner import (
+from modelyard.ops.planner import (
     ENV_BEGIN,
     FALLBACK_NEED_MB,
     PlanPolicy,
@@ -23,7 +23,7 @@ from modelyard.gateway.planner import (
     save_inventory,
     write_env,
 )
-from modelyard.gateway.volumes import Mounts
+from modelyard.ops.volumes import Mounts
 from modelyard.runtime.cli import main
 from modelyard.runtime.devices import GpuSnapshot, GpuState
 from modelyard.runtime.errors import ConfigError

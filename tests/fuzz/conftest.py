@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from modelyard.biomedclip.architecture import write_tiny_model
-from modelyard.gateway.samples import write_medvqa_inputs
+from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.medsam.architecture import TINY, write_random_checkpoint
 from modelyard.runtime.arrays import SharedRegion
 from modelyard.runtime.launch import LocalService

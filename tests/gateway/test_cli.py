@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modelyard.gateway.samples import write_medvqa_inputs
+from modelyard.demo.samples import write_medvqa_inputs
 from tests.conftest import write_config
 
 

@@ -19,10 +19,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.gateway.cli import _data_relative
 from modelyard.gateway.client import GatewayClient
-from modelyard.gateway.local import python_for
-from modelyard.gateway.samples import write_medvqa_inputs
+from modelyard.ops.local import python_for
 from modelyard.runtime.client import channel, wait_until_serving
 from modelyard.runtime.launch import LocalService, free_port
 

@@ -12,8 +12,8 @@ import grpc
 import pytest
 import yaml
 
+from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.gateway.client import GatewayClient
-from modelyard.gateway.samples import write_medvqa_inputs
 from modelyard.runtime.client import channel, wait_until_serving
 from modelyard.runtime.launch import LocalService, free_port
 from modelyard.v1 import gateway_pb2

@@ -17,8 +17,8 @@ import grpc
 import pytest
 import yaml
 
+from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.gateway.client import GatewayClient
-from modelyard.gateway.samples import write_medvqa_inputs
 from modelyard.runtime.launch import LocalService
 from tests.conftest import write_config
 from tests.gateway.test_gateway_medvqa import GOLD, Gateway

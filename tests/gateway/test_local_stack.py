@@ -16,11 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.gateway.client import GatewayClient
-from modelyard.gateway.local import TOKEN_FILE, Process, down, read_state, up
-from modelyard.gateway.samples import write_medvqa_inputs
-from modelyard.gateway.supervisor import Backoff, Program, Supervisor
 from modelyard.medsam.client import MedSAMClient
+from modelyard.ops.local import TOKEN_FILE, Process, down, read_state, up
+from modelyard.ops.supervisor import Backoff, Program, Supervisor
 from modelyard.runtime.client import token_from
 from tests.conftest import write_config
 from tests.gateway.test_gateway_medvqa import GOLD

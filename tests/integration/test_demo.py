@@ -16,7 +16,7 @@ import numpy as np
 def test_the_demo_runs_both_pipelines_through_the_local_stack(tmp_path: Path) -> None:
     env = {**os.environ, "MODELYARD_MODELS": str(tmp_path / "no-models")}
     run = subprocess.run(
-        [sys.executable, "-m", "modelyard.gateway.demo", "--out", str(tmp_path)],
+        [sys.executable, "-m", "modelyard.demo", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr

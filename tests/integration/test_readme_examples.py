@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modelyard.gateway.assets import HAND_PHOTO, fetch
-from modelyard.gateway.demo import _write, biomedclip_config, medsam_config
-from modelyard.gateway.local import down, up
-from modelyard.gateway.samples import planar_photo_video, write_medvqa_inputs
+from modelyard.demo.assets import HAND_PHOTO, fetch
+from modelyard.demo.run import _write, biomedclip_config, medsam_config
+from modelyard.demo.samples import planar_photo_video, write_medvqa_inputs
+from modelyard.ops.local import down, up
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from modelyard.gateway.doctor import check_swarm
+from modelyard.ops.doctor import check_swarm
 from modelyard.v1 import gateway_pb2
 from tests.compose.test_stack import MEDVQA, check_medvqa, medvqa_input, output_for, server_signal_script
 from tests.swarm.conftest import Stack, Swarm, docker, figure

@@ -1,6 +1,6 @@
 """The local stack's supervisor: runs each process of `modelyard up` and restarts one that exits, with backoff.
 
-`python -m modelyard.gateway.supervisor STATE_DIR` reads the plan `up` wrote (`plan.json`: each program's
+`python -m modelyard.ops.supervisor STATE_DIR` reads the plan `up` wrote (`plan.json`: each program's
 command, address, log and environment), starts every program and keeps `stack.json` current (pid, state,
 restarts, last exit) for `modelyard status` and `modelyard down`. A program that exits is started again after
 1 s, doubling up to 30 s while it keeps failing (reset once it has run for a minute); exit code 2 (a configuration
@@ -173,7 +173,7 @@ class Supervisor:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m modelyard.gateway.supervisor STATE_DIR", file=sys.stderr)
+        print("usage: python -m modelyard.ops.supervisor STATE_DIR", file=sys.stderr)
         return 2
     logs.configure()
     state_dir = Path(args[0])

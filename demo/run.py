@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from modelyard.gateway.assets import HAND_PHOTO, fetch
+from modelyard.demo.assets import HAND_PHOTO, fetch
+from modelyard.demo.samples import planar_photo_video, write_medvqa_inputs
 from modelyard.gateway.client import GatewayClient
-from modelyard.gateway.local import down, up
-from modelyard.gateway.samples import planar_photo_video, write_medvqa_inputs
+from modelyard.ops.local import down, up
 
 MODELS = Path(os.environ.get("MODELYARD_MODELS", "models"))
 
@@ -131,7 +130,3 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"  hdf5: {h5}")
     ok = medvqa.state == "done" and hand3d.state == "done"
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

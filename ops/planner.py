@@ -40,7 +40,7 @@ from pydantic import Field, ValidationError, model_validator
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.gateway.volumes import Mounts, check_for_container, read_yaml
+from modelyard.ops.volumes import Mounts, check_for_container, read_yaml
 from modelyard.runtime.config import RuntimeConfig, Strict
 from modelyard.runtime.devices import GpuSnapshot, GpuState, read_gpus
 from modelyard.runtime.errors import ConfigError

@@ -31,8 +31,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.gateway.planner import ENV_BEGIN, ENV_END, MODEL_SERVICES
-from modelyard.gateway.volumes import Mounts, check_for_container, container_view, read_yaml
+from modelyard.ops.planner import ENV_BEGIN, ENV_END, MODEL_SERVICES
+from modelyard.ops.volumes import Mounts, check_for_container, container_view, read_yaml
+from modelyard.runtime.client import LOCAL_STATE_DIR
 from modelyard.runtime.devices import GpuSnapshot, read_gpus
 from modelyard.runtime.errors import ConfigError
 
@@ -252,7 +253,7 @@ def check_volumes(mounts: Mounts) -> list[Finding]:
 
 
 def check_configs(mounts: Mounts, services: Sequence[str] = MODEL_SERVICES) -> list[Finding]:
-    """Validate each service's YAML as its container will read it (see modelyard.gateway.volumes)."""
+    """Validate each service's YAML as its container will read it (see modelyard.ops.volumes)."""
     from modelyard.runtime.registry import load_service
 
     findings = []
@@ -477,7 +478,7 @@ def run_checks(args: argparse.Namespace) -> list[Finding]:
     if "health" not in skip:
         addresses = dict(a.split("=", 1) for a in args.address or [])
         if not addresses:
-            from modelyard.gateway.local import read_state
+            from modelyard.ops.local import read_state
 
             addresses = {name: p.address for name, p in read_state(Path(args.state_dir)).items()}
         findings += check_health(addresses)
@@ -511,6 +512,6 @@ def add_doctor_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--env-file", default=".env", help="where `modelyard plan` wrote the GPU plan (default: .env)")
     p.add_argument("--port", type=int, action="append", help=f"host port to check (repeatable; default {GATEWAY_PORT})")
     p.add_argument("--address", action="append", help="NAME=host:port of a running service (repeatable)")
-    p.add_argument("--state-dir", default=".modelyard", help="the local stack's state (used without --address)")
+    p.add_argument("--state-dir", default=str(LOCAL_STATE_DIR), help="the local stack's state (used without --address)")
     p.add_argument("--skip", help=f"comma-separated checks to skip: {', '.join(CHECKS)}")
     p.set_defaults(func=_doctor)

@@ -1,6 +1,6 @@
 """The embedded default: every service as its own local process, in the environment it needs, plus the gateway.
 
-`modelyard up` writes the plan and starts the supervisor (modelyard.gateway.supervisor), detached: it runs each
+`modelyard up` writes the plan and starts the supervisor (modelyard.ops.supervisor), detached: it runs each
 process and restarts one that exits, with backoff. `up` waits for health; `modelyard status` shows what runs and
 its restarts; `modelyard down` stops the supervisor, which stops the rest. The services require a token only the
 gateway is given (a random one per stack, in the state folder, readable by this user only), so other users of a
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from modelyard.gateway.supervisor import PLAN_FILE, STATE_FILE, Program, write_plan
+from modelyard.ops.supervisor import PLAN_FILE, STATE_FILE, Program, write_plan
 from modelyard.runtime.client import channel, wait_until_serving
 from modelyard.runtime.launch import free_port
 
@@ -117,7 +117,7 @@ def up(
     logs_dir.mkdir(parents=True, exist_ok=True)
     with (logs_dir / "supervisor.log").open("ab") as out:
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "modelyard.gateway.supervisor", str(state_dir)],
+            [sys.executable, "-m", "modelyard.ops.supervisor", str(state_dir)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the `up` command; stopped by `down`
