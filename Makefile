@@ -64,11 +64,12 @@ proto: setup
 proto-check: setup
 	$(PROTOC) protos/generate.py --check
 
-# kustomize reads no file outside its folder, so deploy/k8s/base/config holds copies of deploy/config/<service>.yaml
-# for the ConfigMaps; this refreshes them (tests/deploy fails when they differ).
-.PHONY: k8s-config
-k8s-config:
-	for s in medsam biomedclip tapip3d wilor; do cp deploy/config/$$s.yaml deploy/k8s/base/config/; done
+# Everything that lists model services, from their manifests (services/<name>/manifest.yaml): image stages,
+# compose/Swarm/Kubernetes entries and config copies, the gateway's addresses, the build scripts' lists, the
+# package list, the image layers' requirement lists. tests/deploy/test_generated.py fails when any is stale.
+.PHONY: generate
+generate: setup
+	$(PY) -m modelyard.ops.generate
 
 # Every benchmark; each rewrites its own section of bench/RESULTS.md.
 bench: setup test-assets
@@ -88,7 +89,7 @@ bench-wilor: setup test-assets
 # Compose v2 when the engine has it, the Debian docker-compose (v1) otherwise; both read the same files.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 GPU ?= 0
-.PHONY: images images-if-engine images-upstream up down test-compose compose-config requirements swarm-up swarm-down test-swarm
+.PHONY: images images-if-engine images-upstream up down test-compose requirements swarm-up swarm-down test-swarm
 
 # The wheelhouse (once), a base image (from Debian packages when nothing can be pulled), one image per service;
 # prints the sizes. Nothing is built, nor the wheelhouse fetched, while the images are current.
@@ -132,14 +133,9 @@ swarm-down:
 test-swarm: setup images
 	$(PY) -m pytest -q tests/swarm
 
-# deploy/docker/requirements/<layer>.txt, what each image layer installs, from pyproject.toml's extras (a test
-# fails when they are stale).
-requirements:
-	python3 deploy/docker/pyproject_extras.py --write deploy/docker/requirements
-
-# deploy/compose/tiny holds copies of deploy/config's tapip3d, wilor and gateway configs (a test compares them).
-compose-config:
-	for f in tapip3d wilor gateway; do cp deploy/config/$$f.yaml deploy/compose/tiny/; done
+# deploy/docker/requirements/<layer>.txt, what each image layer installs, from pyproject.toml's extras: part of
+# `make generate`.
+requirements: generate
 
 clean:
 	rm -rf $(VENV) .venv-protoc $(WILOR_VENV) build/test-assets demo-output .pytest_cache .ruff_cache .mypy_cache

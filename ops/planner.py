@@ -44,20 +44,18 @@ from modelyard.ops.volumes import Mounts, check_for_container, read_yaml
 from modelyard.runtime.config import RuntimeConfig, Strict
 from modelyard.runtime.devices import GpuSnapshot, GpuState, read_gpus
 from modelyard.runtime.errors import ConfigError
+from modelyard.runtime.manifest import installed_manifests
 
-MODEL_SERVICES = ("medsam", "biomedclip", "tapip3d", "wilor")
 ENV_BEGIN = "# >>> modelyard plan (written by `modelyard plan`; edits between these lines are replaced)"
 ENV_END = "# <<< modelyard plan"
 _OWNED_KEY = re.compile(r"^\s*(?:export\s+)?([A-Z0-9_]+)_(?:GPU|MEMORY_FRACTION)\s*=")
 
+_MANIFESTS = installed_manifests()
+MODEL_SERVICES = tuple(m.name for m in _MANIFESTS)
 # Used only when a config cannot be checked on this host (its checkpoints are not in the models folder yet):
-# (fixed MiB, MiB per batch item) from each adapter's memory_need_mb with the published checkpoints.
-FALLBACK_NEED_MB: dict[str, tuple[int, int]] = {
-    "medsam": (757, 2016),  # vit_b: 357 MiB of weights + CUDA context; 1024x1024 encoder activations per image
-    "biomedclip": (2213, 133),  # 747 MiB checkpoint + context + a 32-image CAM chunk; backward per image
-    "tapip3d": (6200, 0),  # upstream at resolution_factor 2; sequences run one at a time
-    "wilor": (3300, 120),  # upstream: ~2.4 GB checkpoint + detector + context; two hands per frame
-}
+# (fixed MiB, MiB per batch item) from each adapter's memory_need_mb with the published checkpoints, as each
+# service's manifest declares them (memory.fallback_mb).
+FALLBACK_NEED_MB: dict[str, tuple[int, int]] = {m.name: m.memory.fallback_mb for m in _MANIFESTS}
 
 
 class PlanPolicy(Strict):
@@ -383,10 +381,13 @@ def declared_need(service: str, file: Path, mounts: Mounts) -> ServiceNeed:
         return ServiceNeed(service, fixed + per_item * batch, batch, "fallback table", note)
 
 
-def service_configs(config_dir: Path, services: Sequence[str] | None = None) -> dict[str, Path]:
-    """<service>.yaml in `config_dir` for each model service (all that have one when `services` is None)."""
+def service_configs(
+    config_dir: Path, services: Sequence[str] | None = None, known: Sequence[str] = MODEL_SERVICES
+) -> dict[str, Path]:
+    """<service>.yaml in `config_dir` for each model service (all `known` ones that have one when `services` is
+    None; `known`: the installed services' manifests)."""
     if services is None:
-        return {name: config_dir / f"{name}.yaml" for name in MODEL_SERVICES if (config_dir / f"{name}.yaml").exists()}
+        return {name: config_dir / f"{name}.yaml" for name in known if (config_dir / f"{name}.yaml").exists()}
     missing = [name for name in services if not (config_dir / f"{name}.yaml").is_file()]
     if missing:
         raise ConfigError(f"no config for {', '.join(missing)} in {config_dir} (looked for <service>.yaml)")

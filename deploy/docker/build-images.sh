@@ -14,7 +14,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 TAG=${TAG:-latest}
-SERVICES=${SERVICES:-medsam biomedclip tapip3d wilor gateway}
+# shellcheck source=model-services.sh
+source "$here/model-services.sh"  # the model services, from their manifests (`make generate`)
+SERVICES=${SERVICES:-$MODEL_SERVICES_MAIN $MODEL_SERVICES_OWN gateway}
 WHEELHOUSE_DIR=${WHEELHOUSE_DIR:-build/wheelhouse}
 stock=python:3.11-slim-bookworm
 started=$(date +%s)
@@ -33,7 +35,7 @@ fi
 inputs_digest() {
     docker image inspect --format '{{.Id}}' "$BASE_IMAGE"
     git ls-files -z --cached --others --exclude-standard -- pyproject.toml README.md protos/modelyard services \
-        gateway deploy/Dockerfile deploy/docker/requirements deploy/docker/pip-install |
+        gateway ops demo deploy/Dockerfile deploy/docker/requirements deploy/docker/pip-install |
         grep -zv -e '__pycache__/' -e '\.pyc$' | sort -z | xargs -0 sha256sum 2>&1
 }
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
@@ -89,4 +91,4 @@ for service in $SERVICES; do
     docker image inspect --format '{{.Size}}' "modelyard/$service:$TAG" |
         awk -v name="modelyard/$service:$TAG" '{ printf "  %-28s %6.2f GB\n", name, $1 / 1e9 }'
 done
-echo "  (medsam, biomedclip and tapip3d share the base, core and torch layers; wilor and the gateway have no torch)"
+echo "  ($MODEL_SERVICES_MAIN share the base, core and torch layers; $MODEL_SERVICES_OWN and the gateway have no torch)"

@@ -32,11 +32,13 @@ SELF = re.compile(r"^modelyard\[(?P<extras>[^\]]+)\]$")
 LAYERS: dict[str, tuple[list[str], bool]] = {
     "core": ([], True),
     "torch": (["torch"], False),
-    "medsam": (["medsam"], False),
-    "biomedclip": (["biomedclip"], False),
-    "tapip3d": (["tapip3d"], False),
     "gateway": (["gateway"], False),
+# >>> generated from services/*/manifest.yaml by `make generate`: service layers (edits here are replaced)
+    "biomedclip": (["biomedclip"], False),
+    "medsam": (["medsam"], False),
+    "tapip3d": (["tapip3d"], False),
     "wilor": (["wilor"], True),
+# <<< generated: service layers
     "tapip3d-upstream": (["tapip3d-upstream"], False),
     "wilor-upstream": (["wilor-upstream"], False),
 }

@@ -5,7 +5,8 @@
 #   deploy/docker/wheelhouse.sh [DIR]     (default build/wheelhouse)
 #
 # DIR/main         the torch services' and the gateway's wheels, resolved together: one version of each
-# DIR/wilor        wilor's own set (mediapipe 0.10.21, numpy<2, protobuf<5), plus opencv's headless build
+# DIR/<service>    the set of each service with an environment of its own (model-services.sh: wilor's is
+#                  mediapipe 0.10.21, numpy<2, protobuf<5, plus opencv's headless build)
 # DIR/upstream     with UPSTREAM=1 (make images-upstream): what the official TAPIP3D and WiLoR code import beyond
 #                  DIR/main, resolved with every DIR/main wheel pinned, so an upstream image never replaces a
 #                  package of the layers below it and the standard images' set never changes for these
@@ -19,7 +20,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-build/wheelhouse}
 python=${PYTHON:-python3}
 reqs=$here/requirements
-mkdir -p "$out/main" "$out/wilor"
+# shellcheck source=model-services.sh
+source "$here/model-services.sh"  # the model services, from their manifests (`make generate`)
+mkdir -p "$out/main"
+for service in $MODEL_SERVICES_OWN; do mkdir -p "$out/$service"; done
 lists=$(mktemp -d)
 trap 'rm -rf "$lists"' EXIT
 
@@ -40,7 +44,7 @@ fill() {  # fill DIR from requirement files, reusing DIR's wheels; DIR ends up w
 fingerprint() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
 # -- the standard images' sets ------------------------------------------------------------------------------------
-for layer in core torch medsam biomedclip tapip3d gateway wilor; do cp "$reqs/$layer.txt" "$lists/"; done
+for layer in core torch gateway $MODEL_SERVICES_MAIN $MODEL_SERVICES_OWN; do cp "$reqs/$layer.txt" "$lists/"; done
 # setuptools and wheel build the project's own wheel inside the build (build isolation, offline).
 printf 'setuptools>=69\nwheel\n' >"$lists/build.txt"
 standard=$(fingerprint "$lists"/*.txt)
@@ -48,13 +52,19 @@ if [[ -f "$out/.lists" && "$(cat "$out/.lists")" == "$standard" ]]; then
     echo "wheelhouse $out is up to date"
 else
     rm -f "$out/.lists"
-    fill "$out/main" -r "$reqs/core.txt" -r "$reqs/torch.txt" -r "$reqs/medsam.txt" -r "$reqs/biomedclip.txt" \
-        -r "$reqs/tapip3d.txt" -r "$reqs/gateway.txt" -r "$lists/build.txt"
-    fill "$out/wilor" -r "$reqs/wilor.txt"
-    # mediapipe requires opencv-contrib-python, whose cv2 links libGL/X11; the image swaps in the headless build.
-    opencv=$(ls "$out/wilor" | sed -n 's/^opencv_contrib_python-\([^-]*\)-.*/\1/p')
-    "$python" -m pip download --quiet "${target[@]}" --no-deps --find-links "$out/wilor" --dest "$out/wilor" \
-        "opencv-contrib-python-headless==$opencv"
+    main=(-r "$reqs/core.txt" -r "$reqs/torch.txt" -r "$reqs/gateway.txt" -r "$lists/build.txt")
+    for service in $MODEL_SERVICES_MAIN; do main+=(-r "$reqs/$service.txt"); done
+    fill "$out/main" "${main[@]}"
+    for service in $MODEL_SERVICES_OWN; do
+        fill "$out/$service" -r "$reqs/$service.txt"
+        # mediapipe (wilor) requires opencv-contrib-python, whose cv2 links libGL/X11; its image swaps in the
+        # headless build of the same version.
+        opencv=$(ls "$out/$service" | sed -n 's/^opencv_contrib_python-\([^-]*\)-.*/\1/p')
+        if [[ -n "$opencv" ]]; then
+            "$python" -m pip download --quiet "${target[@]}" --no-deps --find-links "$out/$service" \
+                --dest "$out/$service" "opencv-contrib-python-headless==$opencv"
+        fi
+    done
     echo "$standard" >"$out/.lists"
     echo "wheelhouse $out: $(du -sh "$out" | cut -f1) ($(ls "$out/main" | wc -l) + $(ls "$out/wilor" | wc -l) wheels)"
 fi

@@ -25,9 +25,10 @@ import pytest
 from modelyard.gateway.client import GatewayClient
 from modelyard.runtime.client import channel, wait_until_serving
 from modelyard.runtime.launch import free_port
+from modelyard.runtime.manifest import model_service_names
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL_SERVICES = ("medsam", "biomedclip", "tapip3d", "wilor")
+MODEL_SERVICES = model_service_names()
 IMAGES = (*MODEL_SERVICES, "gateway")
 # The suite's containers run as a uid of their own, neither root nor the images' user (as `make up` runs them as the
 # host user's), so the tests see whose files the outputs are; without root, as our own uid.
