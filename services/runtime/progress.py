@@ -1,6 +1,6 @@
-"""Progress of one long item: the model thread reports it, the thread answering the call reads it.
+"""Progress of one long item: the model reports it as it works, the thread answering the call reads it.
 
-The adapter calls `progress.report(done, total)` as it works; `ModelHost.stream` sends the newest report to a
+The adapter calls `progress.report(done, total)` between steps; `ModelHost.stream` sends the newest report to a
 streaming caller. Reports are coalesced: a slow reader gets the latest state, not a backlog. Once the caller
 has gone (cancelled, deadline passed), `report` raises Cancelled, so the model stops mid-item rather than at
 the next batch.
