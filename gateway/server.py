@@ -26,7 +26,7 @@ from modelyard.gateway.metrics import GatewayMetrics
 from modelyard.gateway.pipelines import PIPELINES, STUBS
 from modelyard.runtime import logs
 from modelyard.runtime.auth import TokenInterceptor, read_token
-from modelyard.runtime.config import parse_config
+from modelyard.runtime.config import invalid_config
 from modelyard.runtime.errors import ConfigError, ModelyardError
 from modelyard.runtime.metrics import ServiceMetrics
 from modelyard.runtime.reflection import enable_reflection
@@ -150,10 +150,8 @@ def load_gateway_config(path: str) -> GatewayConfig:
     data = yaml.safe_load(file.read_text()) or {}
     try:
         return GatewayConfig.model_validate(data, context={"base_dir": file.parent})
-    except ValidationError:
-        # Reuse the services' error wording (unknown keys by name, every problem at once).
-        parse_config({"model": data}, GatewayConfig, file.parent, str(file))
-        raise
+    except ValidationError as exc:
+        raise invalid_config(exc, GatewayConfig, str(file)) from None
 
 
 def build_engine(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> Engine:

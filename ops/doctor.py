@@ -290,6 +290,7 @@ def _check_gateway_config(file: Path, mounts: Mounts) -> list[Finding]:
     from pydantic import ValidationError
 
     from modelyard.gateway.config import GatewayConfig
+    from modelyard.runtime.config import config_problems
 
     try:
         view = container_view(read_yaml(file), mounts)
@@ -297,7 +298,7 @@ def _check_gateway_config(file: Path, mounts: Mounts) -> list[Finding]:
     except ConfigError as exc:
         return [Finding("configs", file.name, "fail", exc.message)]
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(config_problems(exc, GatewayConfig))
         return [Finding("configs", file.name, "fail", problems, "fix the keys named above")]
     findings = [
         Finding("configs", f"{file.name}: {p.key}", "fail" if p.fatal else "warn", f"{p.value}: {p.problem}")

@@ -93,7 +93,6 @@ class MedVQAOptions(Strict):
     ENABLE_BODY_MASK: bool = True
     ENABLE_SMART_PADDING: bool = True
     ENABLE_ANATOMICAL_CHECK: bool = True
-    SKIP_CRF: bool = Field(True, description="DenseCRF refinement is not offered: must stay true")
     BOX_COLOR: str = Field("0,0,255", description="B,G,R as in the seed (red)")
     BOX_THICKNESS: int = Field(2, ge=1)
     DRAW_LABELS: bool = False
@@ -106,10 +105,8 @@ class MedVQAOptions(Strict):
     SAVE_VISUALS: bool = Field(True, description="write overlays (the manifest then points at them)")
     DISABLE_MASK_SAVING: bool = False
     SEGMENT_ALL_BOXES: bool = Field(False, description="segment every box (the seed used only the first)")
-    MEDSAM_CHECKPOINT: str = Field("medsam", description="informational: the MedSAM service's config decides")
     BATCH_SIZE: int = Field(8, ge=1, description="items in flight at once")
     LIMIT: int = Field(0, ge=0, description="process only the first N items (0 = all)")
-    STOP_AFTER: int = Field(0, ge=0, description="the same as LIMIT (the seed's other name)")
     OUTPUT_FORMAT: Literal["jsonl", "images"] = "jsonl"
 
     @field_validator("CAM_VERSION", "CAM_METHOD")
@@ -117,13 +114,6 @@ class MedVQAOptions(Strict):
     def _known_method(cls, value: str) -> str:
         if value and value.lower() not in CAM_METHODS:
             raise ValueError(f"'{value}' is not one of gScoreCAM, ScoreCAM, GradCAM, similarity")
-        return value
-
-    @field_validator("SKIP_CRF")
-    @classmethod
-    def _no_crf(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("DenseCRF refinement is not offered; set SKIP_CRF=true")
         return value
 
     @field_validator("BOX_COLOR")
@@ -161,10 +151,6 @@ class MedVQAOptions(Strict):
             smart_padding=self.ENABLE_SMART_PADDING,
             anatomical_check=self.ENABLE_ANATOMICAL_CHECK,
         )
-
-    @property
-    def limit(self) -> int:
-        return self.LIMIT or self.STOP_AFTER
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -218,7 +204,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
                     "region": region,
                 }
                 items.append(Item(key=key, position=len(items), payload=payload))
-        return items[: options.limit] if options.limit else items
+        return items[: options.LIMIT] if options.LIMIT else items
 
     # -- one item ---------------------------------------------------------------------------------------
     def process(self, item: Item, ctx: StepContext[MedVQAOptions]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -119,8 +119,15 @@ class ServiceConfig(Strict, Generic[M]):
     source: Path | None = Field(None, exclude=True, description="the file this config was read from")
 
 
-def _describe(error: dict[str, Any], schema: type[BaseModel], data: Any) -> str:
-    where = ".".join(str(p) for p in error["loc"])
+def config_problems(exc: ValidationError, schema: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per problem in `exc`, each naming its key as the file spells it: `prefix` is where `schema` sits
+    in the file ("" when it is the whole file, "runtime." for a service's section validated on its own).
+    An unknown key comes with the known keys beside it and the closest one as a suggestion."""
+    return [_describe(error, schema, prefix) for error in exc.errors()]  # type: ignore[arg-type]
+
+
+def _describe(error: dict[str, Any], schema: type[BaseModel], prefix: str) -> str:
+    where = prefix + ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         known = _known_keys(schema, error["loc"][:-1])
         hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
@@ -134,13 +141,37 @@ def _describe(error: dict[str, Any], schema: type[BaseModel], data: Any) -> str:
 
 
 def _known_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: Any = schema  # walks down nested config sections
-    for part in loc:
-        field = current.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+    current: type[BaseModel] = schema  # walks down nested config sections
+    parts = list(loc)
+    while parts:
+        field = current.model_fields.get(str(parts.pop(0)))
+        if field is None:
             return []
-        current = field.annotation
+        annotation = field.annotation
+        if get_origin(annotation) is dict:  # sections by name (the gateway's services): skip the name
+            if not parts:
+                return []
+            parts.pop(0)
+            annotation = get_args(annotation)[1]
+        section = _section(annotation)
+        if section is None:
+            return []
+        current = section
     return sorted(current.model_fields)
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The config section a field holds, also when it is optional (`TlsConfig | None`)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def invalid_config(exc: ValidationError, schema: type[BaseModel], source: str, prefix: str = "") -> ConfigError:
+    """The ConfigError for a file that `schema` rejected: every problem, one per line (see config_problems)."""
+    problems = config_problems(exc, schema, prefix)
+    return ConfigError(f"invalid config {source}:\n  - " + "\n  - ".join(problems))
 
 
 def parse_config(data: dict[str, Any], model_schema: type[M], base_dir: Path | None, source: str) -> ServiceConfig[M]:
@@ -149,8 +180,7 @@ def parse_config(data: dict[str, Any], model_schema: type[M], base_dir: Path | N
     try:
         config = schema.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        problems = [_describe(e, schema, data) for e in exc.errors()]  # type: ignore[arg-type]
-        raise ConfigError(f"invalid config {source}:\n  - " + "\n  - ".join(problems)) from None
+        raise invalid_config(exc, schema, source) from None
     return config
 
 

@@ -107,6 +107,8 @@ class ModelHost:
             self.metrics.observe_backoff,
         )
         if self.runtime.warmup:
+            # Through the governor, so warm-up gets a call's inference mode and out-of-memory and CUDA-failure
+            # handling; the tuple runs warmup() and then hands back the one result the governor expects per item.
             self.governor.run(lambda _: (adapter.warmup(), [None])[1], [None])
         self.scheduler = Scheduler(
             adapter.infer,
@@ -208,6 +210,7 @@ class ModelHost:
         """Wait for the model (at most `timeout` seconds, then None), giving up when the caller cancels or its
         deadline passes (the model thread then drops the work, or stops it between batches or reports)."""
         remaining = context.time_remaining()
+        # A call without a deadline reports about 9.2e18 s left (gRPC's infinite future): over ~3 years is none.
         deadline = None if remaining is None or remaining > 1e8 else time.monotonic() + remaining
         until = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -53,10 +53,6 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
-def request_line(logger: logging.Logger, **fields: Any) -> None:
-    logger.info("request", extra={"fields": fields})
-
-
 class RequestLog:
     """One `request` line per call at INFO on `logger`, written off the calling thread.
 

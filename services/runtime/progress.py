@@ -1,11 +1,9 @@
-"""Progress of one long item, reported by the model thread and read by the gRPC thread that answers the call.
+"""Progress of one long item: the model reports it as it works, the thread answering the call reads it.
 
-The servicer puts a `Progress` into the item it queues; the adapter calls `progress.report(done, total)` as it
-works; `ModelHost.stream` yields the newest report to a server-streaming call (`ModelHost.run` only uses it for
-cancellation). Reports are coalesced — a reader that falls behind sees the latest state, never a backlog — and
-a report after the caller has gone (cancelled, deadline passed) raises Cancelled, so the model stops working
-on an item nobody waits for, between two steps of it rather than only between batches — on the model thread
-or on the caller's own (the scheduler's idle fast path), since the host lets it watch the call's liveness.
+The adapter calls `progress.report(done, total)` between steps; `ModelHost.stream` sends the newest report to a
+streaming caller. Reports are coalesced: a slow reader gets the latest state, not a backlog. Once the caller
+has gone (cancelled, deadline passed), `report` raises Cancelled, so the model stops mid-item rather than at
+the next batch.
 """
 
 from __future__ import annotations

@@ -78,6 +78,13 @@ def test_schema_errors_are_reported_by_key_and_a_missing_config_by_file(mounts: 
     assert any(f.subject == "medsam.yaml" and f.status == "fail" and "no " in f.detail for f in findings)
 
 
+def test_a_typo_in_the_gateway_config_is_reported_by_its_key_with_the_one_meant(mounts: Mounts) -> None:
+    (mounts.config / "gateway.yaml").write_text(yaml.safe_dump({"data_root": "/data", "workerz": 4}))
+    [finding] = [f for f in check_configs(mounts, []) if f.subject == "gateway.yaml"]
+    assert finding.status == "fail"
+    assert "unknown key 'workerz' — did you mean 'workers'?" in finding.detail
+
+
 def test_the_shipped_cpu_configs_validate_as_their_containers_see_them(tmp_path: Path) -> None:
     mounts = Mounts.default(REPO / "deploy" / "config", tmp_path, tmp_path)
     findings = check_configs(mounts, ["tapip3d", "wilor"])

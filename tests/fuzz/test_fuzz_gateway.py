@@ -29,7 +29,7 @@ OPTION_VALUES = {
         "CAM_THRESHOLD": ["0.45", "nan", "inf", "2", ""], "BOX_COLOR": ["0,0,255", "1,2", "a,b,c", "999,0,0", ""],
         "SCENARIO": ["A", "B", "C", "D"], "GOLD_BOX_SPACE": ["224", "0", "nan"], "IMAGE_ROOT": ["", *fz.ODD_REFS[:16]],
         "PATH_COLUMN": ["image_path", "question", "nope"], "SEGMENT_ALL_BOXES": ["true", "false", "maybe"],
-        "REGION_MODE": ["none", "explode", "composite", "join"], "SKIP_CRF": ["true", "false"],
+        "REGION_MODE": ["none", "explode", "composite", "join"],
         "DRAW_LABELS": ["true", "false"], "SAVE_RAW_CAM": ["true"], "ALPHA": ["0.5", "-1"],
     },
     "hand3d": {

@@ -187,7 +187,10 @@ def test_unknown_or_bad_options_are_named(stack: dict) -> None:
     assert "unknown option 'CAM_TRESHOLD'" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         client.submit("medvqa", stack["table"], "out/y", {"SKIP_CRF": "false"})
-    assert "DenseCRF" in err.value.details()
+    assert "unknown option 'SKIP_CRF'" in err.value.details()  # DenseCRF is not offered
+    with pytest.raises(grpc.RpcError) as err:
+        client.submit("medvqa", stack["table"], "out/y", {"CAM_THRESHOLD": "2"})
+    assert "CAM_THRESHOLD" in err.value.details()
     client.close()
 
 
