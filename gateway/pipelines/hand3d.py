@@ -6,7 +6,6 @@ Input: a TAPIP3D-format `.npz`, a folder of them, or a ViPE artifact folder (rgb
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -21,6 +20,7 @@ from modelyard.gateway.pipeline import Pipeline, StepContext
 from modelyard.gateway.pipelines.rgbd import RGBD, is_vipe_folder, load_npz, load_vipe, save_npz, vipe_videos
 from modelyard.runtime import __version__
 from modelyard.runtime.arrays import tensor_to_numpy
+from modelyard.runtime.checkpoints import sha256_of
 from modelyard.runtime.config import Strict
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.paths import confined
@@ -221,16 +221,6 @@ def _info(ctx: StepContext[Hand3DOptions], service: str, item: Item) -> dict[str
     }
 
 
-def _sha256(path: Path) -> str:
-    if path.is_dir():
-        return ""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_h5(
     path: Path,
     rgbd: RGBD,
@@ -250,7 +240,7 @@ def _write_h5(
                 "modelyard_version": __version__,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "source": payload["path"] + (f"#{payload['name']}" if payload["kind"] == "vipe" else ""),
-                "source_sha256": _sha256(source),
+                "source_sha256": "" if source.is_dir() else sha256_of(source),  # a ViPE folder has no one file
                 "options": json.dumps(o.model_dump(mode="json"), sort_keys=True),
                 "num_frames": int(rgbd.video.shape[0]),
             }
