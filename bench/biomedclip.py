@@ -31,12 +31,11 @@ from modelyard.biomedclip.boxes import localize, to_grey
 from modelyard.biomedclip.config import BiomedCLIPConfig
 from modelyard.biomedclip.model import BiomedCLIPAdapter, HeatmapItem
 from modelyard.biomedclip.preprocess import to_frame
-from modelyard.runtime.arrays import decode_image
+from modelyard.runtime.arrays import SHM_DIR, decode_image
 from modelyard.runtime.launch import LocalService
 from modelyard.runtime.render import as_rgb_uint8
 from modelyard.v1 import biomedclip_pb2, biomedclip_pb2_grpc, types_pb2
 
-SHM = Path("/dev/shm")
 HEADER = ["model", "call", "in-process p50", "service p50", "service - in-process", "of which the gRPC hop", "runs"]
 THREADS = 1  # intra-op threads, here and in the service: two processes on a shared 2-core machine
 MODELS = {
@@ -88,7 +87,7 @@ def measure(name: str, spec: dict, folder: Path, n: int) -> list[list[object]]:
     settings = adapter.config.localize
 
     def in_process(boxes: bool) -> None:  # what the servicer and the model do for one image, in one process
-        rgb = as_rgb_uint8(decode_image(types_pb2.Image(encoded=png), SHM, None, 50_000_000))
+        rgb = as_rgb_uint8(decode_image(types_pb2.Image(encoded=png), SHM_DIR, None, 50_000_000))
         pixels, frame = to_frame(rgb, adapter.image_settings, adapter.config.cam.geometry)
         with torch.inference_mode():
             (heat,) = adapter.infer([HeatmapItem(pixels, frame, prompt, "gscorecam", k)])

@@ -26,12 +26,11 @@ import numpy as np
 import yaml
 
 from bench.report import machine, table, timed, write_section
-from modelyard.runtime.arrays import numpy_to_tensor
+from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor
 from modelyard.runtime.client import SharedMemoryClient
 from modelyard.runtime.launch import LocalService, free_port
 from modelyard.v1 import echo_pb2, echo_pb2_grpc
 
-SHM = Path("/dev/shm")
 SIZES = {"1 KB": 1 << 10, "1 MB": 1 << 20, "10 MB": 10 << 20}
 # p50 against plain grpcio's p50 in the same run (issue 14).
 GOALS = {("inline", "1 KB"): 1.2, ("shared memory", "1 MB"): 0.3, ("shared memory", "10 MB"): 0.1}
@@ -99,7 +98,7 @@ def measure(
             plain = echo_pb2_grpc.EchoStub(plain_channel)
             echo = echo_pb2_grpc.EchoStub(modelyard_channel)
             earlier = echo_pb2_grpc.EchoStub(other_channel)
-            with SharedMemoryClient(echo.Info, SHM) as shm, SharedMemoryClient(echo.Info, SHM) as shm_earlier:
+            with SharedMemoryClient(echo.Info, SHM_DIR) as shm, SharedMemoryClient(echo.Info, SHM_DIR) as shm_earlier:
                 assert shm.enabled, "the echo service cannot open this host's shared memory"
                 for _ in range(rounds):
                     for label, nbytes in SIZES.items():

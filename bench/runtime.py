@@ -22,13 +22,12 @@ from modelyard.medsam.architecture import TINY, write_random_checkpoint
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.model import MedSAMAdapter, SegmentItem
 from modelyard.medsam.preprocess import resize_normalise, to_rgb_uint8
-from modelyard.runtime.arrays import numpy_to_tensor
+from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor
 from modelyard.runtime.client import SharedMemoryClient
 from modelyard.runtime.echo import EchoAdapter, EchoConfig, EchoItem
 from modelyard.runtime.launch import LocalService
 from modelyard.v1 import echo_pb2, echo_pb2_grpc, medsam_pb2, medsam_pb2_grpc, types_pb2
 
-SHM = Path("/dev/shm")
 SIZES = {"1 KB": 1 << 10, "1 MB": 1 << 20, "10 MB": 10 << 20}
 GOALS_MS = {"1 KB": 0.5, "1 MB": 1.5, "10 MB": 10.0}
 
@@ -54,7 +53,7 @@ def hop_overhead(folder: Path, n: int) -> str:
             options=[("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)],
         )
         stub = echo_pb2_grpc.EchoStub(chan)
-        with SharedMemoryClient(stub.Info, SHM) as shm:
+        with SharedMemoryClient(stub.Info, SHM_DIR) as shm:
             for label, nbytes in SIZES.items():
                 array = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
                 base_p50, _ = percentiles(timed(lambda a=array: adapter.infer([EchoItem(a, 0.0)]), n))

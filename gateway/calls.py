@@ -30,9 +30,10 @@ from tenacity.stop import stop_base
 
 from modelyard.gateway import cancel
 from modelyard.runtime.auth import bearer_metadata
-from modelyard.runtime.client import RECONNECT_OPTIONS, REQUEST_ID, token_from
+from modelyard.runtime.client import RECONNECT_OPTIONS, token_from
 from modelyard.runtime.config import ExistingFile, Strict
 from modelyard.runtime.devices import MIB
+from modelyard.runtime.metadata import REQUEST_ID
 
 log = logging.getLogger("modelyard.gateway")
 

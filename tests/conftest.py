@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from modelyard.medsam.architecture import TINY, write_random_checkpoint
+from modelyard.runtime.arrays import SHM_DIR
 from modelyard.runtime.launch import LocalService
 
 
@@ -48,7 +49,7 @@ def shm_symlink(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A name in /dev/shm (world-writable) that is a symlink to some other file: (region name, that file)."""
     target = tmp_path / "precious.bin"
     target.write_bytes(SHM_SECRET)
-    link = Path("/dev/shm") / f"modelyard-test-link-{os.getpid()}-{tmp_path.name}"
+    link = SHM_DIR / f"modelyard-test-link-{os.getpid()}-{tmp_path.name}"
     link.symlink_to(target)
     try:
         yield link.name, target

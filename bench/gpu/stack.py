@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from modelyard.runtime.arrays import SHM_DIR
 from modelyard.runtime.devices import read_gpus
 from modelyard.runtime.launch import LocalService, free_port
 
-SHM = Path("/dev/shm")
 # BiomedCLIP's released configuration (its open_clip_config.json): ViT-B/16 at 224 with a linear projection to 512,
 # PubMedBERT (BERT-base, uncased vocabulary of 30522) with an MLP projection, CLS pooling, 256 tokens.
 BIOMEDCLIP_REAL = {"timm_model": "vit_base_patch16_224", "image_size": 224, "embed_dim": 512, "context_length": 256}
@@ -172,12 +172,12 @@ class MedSAMCaller:
         self.channel = channel(address)
         self.stub = medsam_pb2_grpc.MedSAMStub(self.channel)
         self.grpc = grpc
-        probe = SharedMemoryClient(self.stub.Info, SHM)
+        probe = SharedMemoryClient(self.stub.Info, SHM_DIR)
         self.shared = probe.enabled
         probe.close()
         room = max_images * side * side + 64 * max_images
-        self.inputs = SharedRegion.create(room, SHM) if self.shared else None
-        self.outputs = SharedRegion.create(room, SHM) if self.shared else None
+        self.inputs = SharedRegion.create(room, SHM_DIR) if self.shared else None
+        self.outputs = SharedRegion.create(room, SHM_DIR) if self.shared else None
 
     def request(self, images: list[np.ndarray]) -> Any:
         from modelyard.runtime.arrays import numpy_to_tensor
@@ -211,7 +211,7 @@ class MedSAMCaller:
                 msg = result.masks.shared
                 masks.append(self.outputs.view(msg.offset, np.dtype(msg.dtype), tuple(msg.shape)).copy())
             else:
-                masks.append(tensor_to_numpy(result.masks, SHM))
+                masks.append(tensor_to_numpy(result.masks, SHM_DIR))
         return masks
 
     def info(self) -> Any:

@@ -6,7 +6,6 @@ Input: a TAPIP3D-format `.npz`, a folder of them, or a ViPE artifact folder (rgb
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -20,13 +19,13 @@ from modelyard.gateway.jobs import Item, ItemState, JobRecord
 from modelyard.gateway.pipeline import Pipeline, StepContext
 from modelyard.gateway.pipelines.rgbd import RGBD, is_vipe_folder, load_npz, load_vipe, save_npz, vipe_videos
 from modelyard.runtime import __version__
-from modelyard.runtime.arrays import tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, tensor_to_numpy
+from modelyard.runtime.checkpoints import sha256_of
 from modelyard.runtime.config import Strict
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.paths import confined
 from modelyard.v1 import tapip3d_pb2, types_pb2, wilor_pb2
 
-SHM = Path("/dev/shm")
 JOINT_ORDER = (
     "wrist, thumb_cmc, thumb_mcp, thumb_ip, thumb_tip, index_mcp, index_pip, index_dip, index_tip, "
     "middle_mcp, middle_pip, middle_dip, middle_tip, ring_mcp, ring_pip, ring_dip, ring_tip, "
@@ -129,9 +128,9 @@ class Hand3D(Pipeline[Hand3DOptions]):
         )
         response = ctx.clients["tapip3d"].call("Track", request, ctx.request_id(item, "track"))
         return {
-            "points": tensor_to_numpy(response.tracks, SHM).astype(np.float32),
-            "visibility": tensor_to_numpy(response.visibility, SHM).astype(bool),
-            "queries": tensor_to_numpy(response.queries, SHM).astype(np.float32),
+            "points": tensor_to_numpy(response.tracks, SHM_DIR).astype(np.float32),
+            "visibility": tensor_to_numpy(response.visibility, SHM_DIR).astype(bool),
+            "queries": tensor_to_numpy(response.queries, SHM_DIR).astype(np.float32),
             "backend": response.backend,
         }
 
@@ -204,7 +203,7 @@ def _store_hand(side: dict[str, np.ndarray], index: int, hand: Any, t: int) -> N
             continue  # the backend does not fill it: absent, never zeros
         if name not in side:
             side[name] = np.full((t, *shape), np.nan, np.float32)
-        side[name][index] = tensor_to_numpy(tensor, SHM).reshape(shape)
+        side[name][index] = tensor_to_numpy(tensor, SHM_DIR).reshape(shape)
 
 
 def _info(ctx: StepContext[Hand3DOptions], service: str, item: Item) -> dict[str, str]:
@@ -219,16 +218,6 @@ def _info(ctx: StepContext[Hand3DOptions], service: str, item: Item) -> dict[str
         "device": info.device,
         "version": info.version,
     }
-
-
-def _sha256(path: Path) -> str:
-    if path.is_dir():
-        return ""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_h5(
@@ -250,7 +239,7 @@ def _write_h5(
                 "modelyard_version": __version__,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "source": payload["path"] + (f"#{payload['name']}" if payload["kind"] == "vipe" else ""),
-                "source_sha256": _sha256(source),
+                "source_sha256": "" if source.is_dir() else sha256_of(source),  # a ViPE folder has no one file
                 "options": json.dumps(o.model_dump(mode="json"), sort_keys=True),
                 "num_frames": int(rgbd.video.shape[0]),
             }

@@ -28,7 +28,7 @@ from modelyard.gateway.inputs import read_regular
 from modelyard.gateway.jobs import Item, ItemState, JobRecord
 from modelyard.gateway.pipeline import Pipeline, StepContext
 from modelyard.gateway.pipelines.tables import parse_boxes, parse_regions, read_table
-from modelyard.runtime.arrays import guard_decoding, numpy_to_tensor, open_image, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, guard_decoding, numpy_to_tensor, open_image, tensor_to_numpy
 from modelyard.runtime.config import Strict
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.paths import confined
@@ -49,7 +49,6 @@ COLORMAPS = {
 }
 ANSWER_COLUMNS = ("answer_text", "answer", "reference_answer")
 SCENARIO_SHIFT_PX = 50  # scenario C: the prompt box is moved this far (the seed's robustness test)
-SHM = Path("/dev/shm")
 MODEL_NAMES = {"biomedclip": "BiomedCLIP", "medsam": "MedSAM"}
 log = logging.getLogger("modelyard.gateway.medvqa")
 
@@ -340,7 +339,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
         (result,) = ctx.clients["biomedclip"].call("Heatmap", request, ctx.request_id(item, "heatmap")).results
         path = files.write_bytes(ctx.output_dir / f"{stem}.png", result.composite_png)
         if o.SAVE_RAW_CAM:
-            heat = tensor_to_numpy(result.heatmap, SHM)
+            heat = tensor_to_numpy(result.heatmap, SHM_DIR)
             files.write_png(ctx.output_dir / f"{stem}_raw_cam.png", (np.clip(heat, 0, 1) * 255).astype(np.uint8))
         if o.SAVE_ORIGINAL:
             files.write_bytes(ctx.output_dir / f"{stem}_original{Path(item.payload['image']).suffix}", data)
@@ -383,7 +382,7 @@ class MedVQA(Pipeline[MedVQAOptions]):
             ]
         )
         (result,) = ctx.clients["medsam"].call("Segment", request, ctx.request_id(item, "segment")).results
-        masks = tensor_to_numpy(result.masks, SHM)
+        masks = tensor_to_numpy(result.masks, SHM_DIR)
         mask_paths = []
         if not o.DISABLE_MASK_SAVING:
             path = files.write_png(

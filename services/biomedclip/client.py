@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.cli import add_address_argument
 from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.v1 import biomedclip_pb2, biomedclip_pb2_grpc, types_pb2
@@ -32,7 +32,6 @@ COLORMAPS = {
     "inferno": biomedclip_pb2.COLORMAP_INFERNO,
     "hot": biomedclip_pb2.COLORMAP_HOT,
 }
-SHM = Path("/dev/shm")
 ImageLike = np.ndarray | bytes
 
 
@@ -64,11 +63,11 @@ class BiomedCLIPClient(ModelClient):
     def embed_images(self, images: list[ImageLike]) -> np.ndarray:
         """(N, D) float32 unit vectors."""
         request = biomedclip_pb2.EmbedImagesRequest(images=[image_message(i) for i in images])
-        return tensor_to_numpy(self._call("EmbedImages", request).embeddings, SHM)
+        return tensor_to_numpy(self._call("EmbedImages", request).embeddings, SHM_DIR)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         request = biomedclip_pb2.EmbedTextsRequest(texts=texts)
-        return tensor_to_numpy(self._call("EmbedTexts", request).embeddings, SHM)
+        return tensor_to_numpy(self._call("EmbedTexts", request).embeddings, SHM_DIR)
 
     def classify(self, images: list[ImageLike], labels: list[str], template: str = "") -> np.ndarray:
         """(N images, L labels) probabilities."""
@@ -123,7 +122,7 @@ class BiomedCLIPClient(ModelClient):
             reason=r.reason,
             notes=list(r.notes),
             similarity=r.similarity,
-            heatmap=tensor_to_numpy(r.heatmap, SHM) if r.HasField("heatmap") else None,
+            heatmap=tensor_to_numpy(r.heatmap, SHM_DIR) if r.HasField("heatmap") else None,
             boxes_png=r.boxes_png,
         )
 
@@ -162,7 +161,7 @@ def _heatmap(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             label=args.prompt if args.label else "",
         )
-        heat = tensor_to_numpy(result.heatmap, SHM)
+        heat = tensor_to_numpy(result.heatmap, SHM_DIR)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((heat * 255).astype(np.uint8)).save(out)

@@ -28,9 +28,9 @@ from modelyard.biomedclip.cam import CamEngine
 from modelyard.biomedclip.config import BiomedCLIPConfig
 from modelyard.biomedclip.preprocess import FrameGeometry, ImageSettings, min_max, to_frame, to_original
 from modelyard.runtime.adapter import ModelAdapter
+from modelyard.runtime.checkpoints import sha256_of
 from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import ConfigError
-from modelyard.runtime.host import sha256_of
 from modelyard.runtime.progress import Progress
 
 log = logging.getLogger("modelyard.biomedclip")

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.cli import add_address_argument
 from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.runtime.render import overlay_masks
@@ -43,7 +43,7 @@ class MedSAMClient(ModelClient):
             medsam_pb2.SegmentRequest(items=[item]), timeout=self.timeout, metadata=request_metadata()
         )
         result = response.results[0]
-        return tensor_to_numpy(result.masks, Path("/dev/shm")), np.array(result.scores, np.float32)
+        return tensor_to_numpy(result.masks, SHM_DIR), np.array(result.scores, np.float32)
 
 
 def _box(text: str) -> tuple[float, float, float, float]:

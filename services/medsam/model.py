@@ -12,8 +12,8 @@ from modelyard.medsam.architecture import declares_random_weights, load_sam, par
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.preprocess import masks_from_logits, scale_boxes
 from modelyard.runtime.adapter import ModelAdapter
+from modelyard.runtime.checkpoints import sha256_of
 from modelyard.runtime.devices import MIB
-from modelyard.runtime.host import sha256_of
 
 
 @dataclass

@@ -37,6 +37,9 @@ from modelyard.runtime.errors import InvalidInput, ModelyardError
 from modelyard.runtime.paths import DEFAULT_MAX_FILE_BYTES, read_confined
 from modelyard.v1 import types_pb2
 
+# Where regions live unless a service's config says otherwise (runtime.shared_memory_dir): Linux's tmpfs,
+# which every process on the host, and every container given the host's, can map.
+SHM_DIR = Path("/dev/shm")
 ALLOWED_DTYPES = {"uint8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 MAX_ELEMENTS = 1 << 48  # far beyond any message or region, and within numpy's int64 size arithmetic
@@ -215,7 +218,7 @@ class SharedRegion:
         self._map: mmap.mmap | None = mmap.mmap(fd, size, prot=prot) if size else None
 
     @classmethod
-    def create(cls, size: int, shm_dir: Path = Path("/dev/shm"), prefix: str = "modelyard") -> SharedRegion:
+    def create(cls, size: int, shm_dir: Path = SHM_DIR, prefix: str = "modelyard") -> SharedRegion:
         """A new region of `size` bytes, named after this process (see `remove_orphaned_regions`)."""
         return cls(shm_dir / f"{prefix}-{_process_tag()}-{secrets.token_hex(6)}", size, create=True)
 

@@ -27,9 +27,9 @@ from modelyard.runtime.arrays import (
 )
 from modelyard.runtime.auth import TokenCallInterceptor, read_token
 from modelyard.runtime.devices import MIB
+from modelyard.runtime.metadata import REQUEST_ID
 from modelyard.v1 import types_pb2
 
-REQUEST_ID = "x-request-id"
 TOKEN_FILE_ENV = "MODELYARD_SERVICE_TOKEN_FILE"
 # A peer that went away (restarting, a new container) is reconnected to within about a second of its return.
 # gRPC's defaults back off up to 120 s between connection attempts, so a service back after 30 s used to be

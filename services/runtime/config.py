@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
 )
 
+from modelyard.runtime.arrays import SHM_DIR
 from modelyard.runtime.errors import ConfigError
 from modelyard.runtime.paths import existing_dir, existing_file, explain_missing
 
@@ -90,7 +91,7 @@ class RuntimeConfig(Strict):
     cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch's default (all)")
     warmup: bool = Field(True, description="run a warm-up inference before reporting SERVING")
     drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight calls may finish")
-    shared_memory_dir: Path = Field(Path("/dev/shm"), description="where shared-memory regions live")
+    shared_memory_dir: Path = Field(SHM_DIR, description="where shared-memory regions live")
     shared_memory_uids: tuple[int, ...] = Field(
         (),
         description="uids besides this service's own whose shared-memory regions it opens (a caller running as "

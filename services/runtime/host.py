@@ -6,7 +6,6 @@ Servicers call `host.run(items, context)`; they never touch the model directly.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import logging
 import os
@@ -42,14 +41,6 @@ class State(str, Enum):
     READY = "ready"
     DRAINING = "draining"
     BROKEN = "broken"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def rss_bytes() -> int:
@@ -274,4 +265,4 @@ class ModelHost:
             return False
 
 
-__all__ = ["FatalModelError", "ModelHost", "State", "sha256_of"]
+__all__ = ["FatalModelError", "ModelHost", "State"]

@@ -22,11 +22,11 @@ from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import ConfigError, InvalidInput, ModelyardError, status_of
 from modelyard.runtime.host import ModelHost
 from modelyard.runtime.logs import RequestLog
+from modelyard.runtime.metadata import REQUEST_ID
 from modelyard.runtime.metrics import ServiceMetrics
 from modelyard.runtime.reflection import enable_reflection
 
 log = logging.getLogger("modelyard.runtime")
-REQUEST_ID = "x-request-id"
 # The process can no longer serve (a corrupted CUDA context): it exits once in-flight calls end, so a restart
 # policy that acts on exits (compose's `restart:`, the local stack's supervisor) brings it back.
 EXIT_BROKEN = 3

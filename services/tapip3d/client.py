@@ -16,13 +16,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.cli import add_address_argument
 from modelyard.runtime.client import ModelClient, request_metadata, token_from
 from modelyard.v1 import tapip3d_pb2, tapip3d_pb2_grpc
 
 FRAMES = {"world": tapip3d_pb2.FRAME_WORLD, "camera": tapip3d_pb2.FRAME_CAMERA}
-SHM = Path("/dev/shm")
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,9 @@ def read_response(response: tapip3d_pb2.TrackResponse, data_root: Path | None = 
     """The arrays of a response; when they only went to a file and the data volume is mounted here, from it."""
     frame = "camera" if response.frame == tapip3d_pb2.FRAME_CAMERA else "world"
     if response.HasField("tracks"):
-        tracks = tensor_to_numpy(response.tracks, SHM, "tracks")
-        visibility = tensor_to_numpy(response.visibility, SHM, "visibility")
-        queries = tensor_to_numpy(response.queries, SHM, "queries")
+        tracks = tensor_to_numpy(response.tracks, SHM_DIR, "tracks")
+        visibility = tensor_to_numpy(response.visibility, SHM_DIR, "visibility")
+        queries = tensor_to_numpy(response.queries, SHM_DIR, "queries")
     elif data_root is not None and response.result.path:
         with np.load(data_root / response.result.path) as data:
             tracks = data["coords_camera"] if frame == "camera" else data["coords"]

@@ -43,8 +43,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from modelyard.runtime.checkpoints import sha256_of
 from modelyard.runtime.errors import ConfigError, InvalidInput
-from modelyard.runtime.host import sha256_of
 from modelyard.runtime.progress import Progress
 from modelyard.tapip3d import geometry, knn
 from modelyard.tapip3d.backend import Backend, TrackOptions, Tracks

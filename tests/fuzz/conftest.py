@@ -18,14 +18,13 @@ from PIL import Image
 from modelyard.biomedclip.architecture import write_tiny_model
 from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.medsam.architecture import TINY, write_random_checkpoint
-from modelyard.runtime.arrays import SharedRegion
+from modelyard.runtime.arrays import SHM_DIR, SharedRegion
 from modelyard.runtime.launch import LocalService
 from modelyard.tapip3d import synthetic
 from tests.conftest import write_config
 from tests.fuzz.support import GatewayProcess, Target
 from tests.wilor_env import wilor_python
 
-SHM = Path("/dev/shm")
 # One intra-op thread per service: they share two cores with the fuzzing process.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 GOOD_IMAGES = ["images/grey.png", "images/rgb.jpg", "images/rgba.png", "images/grey16.png", "link_inside.png"]
@@ -109,9 +108,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="package")
 def regions(region_target: Path) -> Iterator[list[str]]:
     """Shared-memory regions requests may point into: one with bytes, one of zero bytes."""
-    full = SharedRegion.create(1 << 16, SHM, prefix="modelyard-fuzz")
+    full = SharedRegion.create(1 << 16, SHM_DIR, prefix="modelyard-fuzz")
     full.write(0, np.random.default_rng(0).integers(0, 255, 1 << 16, dtype=np.uint8))
-    empty = SharedRegion.create(0, SHM, prefix="modelyard-fuzz")
+    empty = SharedRegion.create(0, SHM_DIR, prefix="modelyard-fuzz")
     yield [full.name, empty.name, *HOSTILE_REGIONS]
     full.close()
     empty.close()
@@ -128,8 +127,8 @@ def region_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The file the hostile regions link to (checked unchanged after every fuzz test that drew them)."""
     target = tmp_path_factory.mktemp("region-target") / "precious.bin"
     target.write_bytes(REGION_TARGET)
-    real = SharedRegion.create(1 << 16, SHM, prefix="modelyard-fuzz")
-    link_out, link_in, fifo = (SHM / name for name in HOSTILE_REGIONS)
+    real = SharedRegion.create(1 << 16, SHM_DIR, prefix="modelyard-fuzz")
+    link_out, link_in, fifo = (SHM_DIR / name for name in HOSTILE_REGIONS)
     link_out.symlink_to(target)
     link_in.symlink_to(real.path)
     os.mkfifo(fifo)

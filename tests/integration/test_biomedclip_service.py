@@ -23,7 +23,7 @@ from modelyard.biomedclip.client import BiomedCLIPClient, add_commands
 from modelyard.biomedclip.config import LocalizeSettings
 from modelyard.biomedclip.model import BiomedCLIPAdapter, Heatmap, HeatmapItem
 from modelyard.biomedclip.preprocess import to_frame
-from modelyard.runtime.arrays import SharedRegion, numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, SharedRegion, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.launch import LocalService
 from modelyard.v1 import biomedclip_pb2, biomedclip_pb2_grpc, types_pb2
 from tests.biomedclip_support import load_adapter, one_torch_thread, section, tiny_model  # noqa: F401
@@ -31,7 +31,6 @@ from tests.conftest import write_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SHM = Path("/dev/shm")
 TOP_K = 16
 
 
@@ -111,10 +110,10 @@ def test_embeddings_and_labels_equal_open_clip_in_process(stub, tiny_model) -> N
         ref_txt = F.normalize(model.encode_text(tokenizer(labels)), dim=-1).numpy()
     got_img = tensor_to_numpy(
         stub.EmbedImages(biomedclip_pb2.EmbedImagesRequest(images=[image(i) for i in images]), timeout=60).embeddings,
-        SHM,
+        SHM_DIR,
     )
     got_txt = tensor_to_numpy(
-        stub.EmbedTexts(biomedclip_pb2.EmbedTextsRequest(texts=labels), timeout=60).embeddings, SHM
+        stub.EmbedTexts(biomedclip_pb2.EmbedTextsRequest(texts=labels), timeout=60).embeddings, SHM_DIR
     )
     assert got_img.shape == (3, cfg["embed_dim"]) and got_img.dtype == np.float32
     assert (np.sum(got_img * ref_img, axis=1) >= 0.9999).all()
@@ -141,7 +140,7 @@ def test_heatmaps_equal_the_in_process_model_at_the_images_own_size(
     request = biomedclip_pb2.HeatmapRequest(items=[prompted(a, "left lung nodule") for a in arrays], cam=cam)
     response = stub.Heatmap(request, timeout=120)
     for result, array in zip(response.results, arrays, strict=True):
-        heat = tensor_to_numpy(result.heatmap, SHM)
+        heat = tensor_to_numpy(result.heatmap, SHM_DIR)
         want = expected_heatmap(in_process, array, "left lung nodule", method, k)
         assert heat.shape == array.shape and heat.dtype == np.float32
         np.testing.assert_allclose(heat, want.heatmap, atol=1e-4)
@@ -180,7 +179,7 @@ def test_localize_equals_the_in_process_map_and_box_rules(stub, in_process: Biom
     )
     (result,) = stub.Localize(request, timeout=60).results
     want_heat = expected_heatmap(in_process, array, "mass", "gscorecam", TOP_K).heatmap
-    np.testing.assert_allclose(tensor_to_numpy(result.heatmap, SHM), want_heat, atol=1e-4)
+    np.testing.assert_allclose(tensor_to_numpy(result.heatmap, SHM_DIR), want_heat, atol=1e-4)
     opts = LocalizeSettings(multi_box=True, threshold=0.6, body_mask=False)
     want = localize(want_heat, to_grey(np.repeat(array[:, :, None], 3, axis=-1)), opts)
     got = [(b.box.x1, b.box.y1, b.box.x2, b.box.y2) for b in result.boxes]
@@ -207,7 +206,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(stub) -> N
     sequential = [
         tensor_to_numpy(
             stub.Heatmap(biomedclip_pb2.HeatmapRequest(items=[prompted(a, "nodule")]), timeout=60).results[0].heatmap,
-            SHM,
+            SHM_DIR,
         )
         for a in arrays
     ]
@@ -215,7 +214,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(stub) -> N
 
     def call(i: int) -> None:
         result = stub.Heatmap(biomedclip_pb2.HeatmapRequest(items=[prompted(arrays[i], "nodule")]), timeout=60)
-        out[i] = tensor_to_numpy(result.results[0].heatmap, SHM)
+        out[i] = tensor_to_numpy(result.results[0].heatmap, SHM_DIR)
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(arrays))]
     for t in threads:
@@ -227,7 +226,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(stub) -> N
 
 
 def test_heatmaps_can_come_back_through_shared_memory(stub) -> None:
-    with SharedRegion.create(1 << 20, SHM) as region:
+    with SharedRegion.create(1 << 20, SHM_DIR) as region:
         request = biomedclip_pb2.HeatmapRequest(
             items=[prompted(sample(7), "mass")],
             output_region=types_pb2.OutputRegion(region=region.name, capacity=region.size),

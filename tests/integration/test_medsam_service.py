@@ -21,12 +21,10 @@ from modelyard.medsam.client import MedSAMClient
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.model import MedSAMAdapter, SegmentItem
 from modelyard.medsam.preprocess import resize_normalise, to_rgb_uint8
-from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.launch import LocalService
 from modelyard.v1 import medsam_pb2, medsam_pb2_grpc, types_pb2
 from tests.conftest import write_config
-
-SHM = Path("/dev/shm")
 
 
 def sample(seed: int = 0, shape: tuple[int, int] = (96, 80)) -> np.ndarray:
@@ -84,7 +82,7 @@ def test_segment_equals_the_in_process_model(stub, in_process: MedSAMAdapter) ->
         )
     assert len(response.results) == 2
     for got, want, img, bxs in zip(response.results, expected, images, boxes, strict=True):
-        masks = tensor_to_numpy(got.masks, SHM)
+        masks = tensor_to_numpy(got.masks, SHM_DIR)
         assert masks.shape == (len(bxs), *img.shape) and masks.dtype == np.uint8
         assert np.array_equal(masks, want.masks)
         np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)

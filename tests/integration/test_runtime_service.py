@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.client import ModelClient, SharedMemoryClient, channel, request_metadata, token_from
 from modelyard.runtime.launch import LocalService, free_port
 from modelyard.runtime.server import EXIT_BROKEN
@@ -26,7 +26,6 @@ from tests.conftest import write_config
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-SHM = Path("/dev/shm")
 
 
 def echo_service(folder: Path, model: dict | None = None, runtime: dict | None = None) -> LocalService:
@@ -140,15 +139,15 @@ def test_an_over_limit_request_says_how_to_send_large_data(stub) -> None:
 
 def test_large_arrays_travel_through_shared_memory_and_leave_nothing_behind(stub) -> None:
     big = np.random.default_rng(0).random((1000, 1000), dtype=np.float32)  # 4 MB, over the 1 MiB limit
-    before = set(SHM.iterdir())
-    with SharedMemoryClient(stub.Info, SHM) as shm:
+    before = set(SHM_DIR.iterdir())
+    with SharedMemoryClient(stub.Info, SHM_DIR) as shm:
         assert shm.enabled
         response = stub.Echo(
             echo_pb2.EchoRequest(array=shm.tensor(big), output_region=shm.output_region(big.nbytes)), timeout=30
         )
         assert response.array.WhichOneof("payload") == "shared"
         assert np.array_equal(shm.read(response.array), big)
-    assert set(SHM.iterdir()) == before
+    assert set(SHM_DIR.iterdir()) == before
 
 
 def logged_requests(log_path: Path, request_id: str, wait_s: float = 10.0) -> list[dict]:
@@ -224,7 +223,7 @@ def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path: Path
             stub.Echo(request(), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         result = in_flight.result()
-        assert np.array_equal(tensor_to_numpy(result.array, SHM), np.arange(4, dtype=np.float32))
+        assert np.array_equal(tensor_to_numpy(result.array, SHM_DIR), np.arange(4, dtype=np.float32))
         assert service.process.wait(30) == 0
 
 
@@ -265,7 +264,7 @@ def test_a_service_with_a_token_refuses_calls_without_it_and_keeps_health_and_re
                     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in err.value.details()
         with channel(service.address, token="s3cret") as chan:
             reply = echo_pb2_grpc.EchoStub(chan).Echo(request(), timeout=10)
-            assert np.array_equal(tensor_to_numpy(reply.array, SHM), np.arange(4, dtype=np.float32))
+            assert np.array_equal(tensor_to_numpy(reply.array, SHM_DIR), np.arange(4, dtype=np.float32))
         assert health(service.address) == SERVING  # probes need no token
         with grpc.insecure_channel(service.address) as chan:
             reflection = reflection_pb2_grpc.ServerReflectionStub(chan)

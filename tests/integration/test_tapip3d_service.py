@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.client import SharedMemoryClient
 from modelyard.runtime.launch import LocalService
 from modelyard.runtime.progress import Progress
@@ -25,7 +25,6 @@ from modelyard.tapip3d.lift2d import Lift2D
 from modelyard.v1 import tapip3d_pb2, tapip3d_pb2_grpc, types_pb2
 from tests.conftest import write_config
 
-SHM = Path("/dev/shm")
 LIFT2D = {"window_px": 11}
 LIMITS = sequence.Limits(max_frames=2000, max_points=4096, max_pixels=20_000)
 
@@ -80,7 +79,7 @@ def in_process(clip: sequence.RGBDClip, queries: np.ndarray, **options: float) -
 
 
 def arrays(response: tapip3d_pb2.TrackResponse) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return tuple(tensor_to_numpy(getattr(response, k), SHM) for k in ("tracks", "visibility", "queries"))  # type: ignore[return-value]
+    return tuple(tensor_to_numpy(getattr(response, k), SHM_DIR) for k in ("tracks", "visibility", "queries"))  # type: ignore[return-value]
 
 
 def serving(service: LocalService) -> int:
@@ -174,7 +173,7 @@ def test_a_result_over_the_message_limit_goes_to_the_data_volume(stub, data_root
 
 
 def test_a_large_result_can_come_back_through_shared_memory_instead(stub) -> None:
-    with SharedMemoryClient(stub.Info, SHM) as shm:
+    with SharedMemoryClient(stub.Info, SHM_DIR) as shm:
         assert shm.enabled
         request = track_request(sequence="clips/long.npz", grid_size=42)
         request.output_region.CopyFrom(shm.output_region(2 << 20))

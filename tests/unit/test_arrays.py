@@ -10,37 +10,35 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modelyard.runtime.arrays import OutputWriter, SharedRegion, decode_image, numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, OutputWriter, SharedRegion, decode_image, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.paths import confined
 from modelyard.v1 import types_pb2
-
-SHM = Path("/dev/shm")
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "float64", "bool"])
 def test_inline_arrays_round_trip(dtype: str) -> None:
     array = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
-    back = tensor_to_numpy(numpy_to_tensor(array), SHM)
+    back = tensor_to_numpy(numpy_to_tensor(array), SHM_DIR)
     assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
 
 
 def test_big_endian_arrays_arrive_little_endian_with_the_same_values() -> None:
     array = np.arange(5, dtype=">f4")
-    assert np.array_equal(tensor_to_numpy(numpy_to_tensor(array), SHM), array)
+    assert np.array_equal(tensor_to_numpy(numpy_to_tensor(array), SHM_DIR), array)
 
 
 def test_a_byte_count_that_does_not_match_shape_and_dtype_is_refused() -> None:
     msg = types_pb2.Tensor(inline=types_pb2.NDArray(dtype="float32", shape=[2, 2], data=b"\0" * 15))
     with pytest.raises(InvalidInput, match="15 bytes of data, but dtype float32 and shape"):
-        tensor_to_numpy(msg, SHM)
+        tensor_to_numpy(msg, SHM_DIR)
 
 
 def test_unknown_dtypes_and_empty_tensors_are_refused() -> None:
     with pytest.raises(InvalidInput, match="dtype 'complex64' is not supported"):
-        tensor_to_numpy(types_pb2.Tensor(inline=types_pb2.NDArray(dtype="complex64", shape=[1], data=b"")), SHM)
+        tensor_to_numpy(types_pb2.Tensor(inline=types_pb2.NDArray(dtype="complex64", shape=[1], data=b"")), SHM_DIR)
     with pytest.raises(InvalidInput, match="empty Tensor"):
-        tensor_to_numpy(types_pb2.Tensor(), SHM)
+        tensor_to_numpy(types_pb2.Tensor(), SHM_DIR)
 
 
 def test_shared_memory_round_trip_leaves_no_region_behind(tmp_path: Path) -> None:
@@ -86,11 +84,11 @@ def png(array: np.ndarray) -> bytes:
 
 def test_images_decode_from_png_bytes_in_their_own_mode() -> None:
     grey = np.arange(60, dtype=np.uint8).reshape(6, 10)
-    assert np.array_equal(decode_image(types_pb2.Image(encoded=png(grey)), SHM, None, 10**6), grey)
+    assert np.array_equal(decode_image(types_pb2.Image(encoded=png(grey)), SHM_DIR, None, 10**6), grey)
     rgba = np.zeros((4, 5, 4), np.uint8)
-    assert decode_image(types_pb2.Image(encoded=png(rgba)), SHM, None, 10**6).shape == (4, 5, 4)
+    assert decode_image(types_pb2.Image(encoded=png(rgba)), SHM_DIR, None, 10**6).shape == (4, 5, 4)
     grey16 = (np.arange(20, dtype=np.uint16) * 3000).reshape(4, 5)
-    assert np.array_equal(decode_image(types_pb2.Image(encoded=png(grey16)), SHM, None, 10**6), grey16)
+    assert np.array_equal(decode_image(types_pb2.Image(encoded=png(grey16)), SHM_DIR, None, 10**6), grey16)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +108,7 @@ def test_images_decode_from_png_bytes_in_their_own_mode() -> None:
 )
 def test_bad_images_say_what_is_wrong(image: types_pb2.Image, message: str) -> None:
     with pytest.raises(InvalidInput) as err:
-        decode_image(image, SHM, None, max_pixels=5000)
+        decode_image(image, SHM_DIR, None, max_pixels=5000)
     assert message in err.value.message
 
 
@@ -134,5 +132,5 @@ def test_data_references_stay_inside_the_data_volume(tmp_path: Path) -> None:
 
 def test_images_load_from_data_references(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(png(np.full((3, 3), 7, np.uint8)))
-    image = decode_image(types_pb2.Image(ref=types_pb2.DataRef(path="x.png")), SHM, tmp_path, 100)
+    image = decode_image(types_pb2.Image(ref=types_pb2.DataRef(path="x.png")), SHM_DIR, tmp_path, 100)
     assert image.shape == (3, 3) and image[0, 0] == 7

@@ -14,6 +14,7 @@ from PIL import Image
 
 from modelyard.runtime import arrays
 from modelyard.runtime.arrays import (
+    SHM_DIR,
     OutputWriter,
     SharedRegion,
     decode_image,
@@ -274,9 +275,9 @@ def test_a_budget_refuses_once_the_request_s_pixels_add_up_past_it() -> None:
     budget = RequestBudget(10, 1000)
     images = [types_pb2.Image(encoded=png(np.zeros((16, 16), np.uint8))) for _ in range(4)]
     for index in range(3):
-        decode_image(images[index], Path("/dev/shm"), None, 10_000, f"item {index}", budget)
+        decode_image(images[index], SHM_DIR, None, 10_000, f"item {index}", budget)
     with pytest.raises(InvalidInput, match=r"item 3: .* over 1000 pixels, .*\(model.max_request_pixels\)"):
-        decode_image(images[3], Path("/dev/shm"), None, 10_000, "item 3", budget)
+        decode_image(images[3], SHM_DIR, None, 10_000, "item 3", budget)
 
 
 def test_preparation_stops_when_the_deadline_passed_or_the_caller_cancelled() -> None:

@@ -9,19 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelyard.runtime.arrays import OutputWriter, SharedRegion, decode_image, numpy_to_tensor, tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, OutputWriter, SharedRegion, decode_image, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.errors import InvalidInput
 from modelyard.runtime.frames import read_frames
 from modelyard.runtime.paths import confined
 from modelyard.v1 import types_pb2
 
-SHM = Path("/dev/shm")
-
 
 # -- arrays -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", [np.float32(1.5), np.array(7, np.int64), np.array(True)])
 def test_a_zero_dimensional_array_keeps_its_shape_on_the_wire(value: np.ndarray) -> None:
-    back = tensor_to_numpy(numpy_to_tensor(value), SHM)
+    back = tensor_to_numpy(numpy_to_tensor(value), SHM_DIR)
     assert back.shape == () and back.dtype == np.asarray(value).dtype and back == value
 
 
@@ -84,7 +82,7 @@ def test_an_output_reference_under_a_file_is_refused_before_any_work(root: Path,
 def test_an_image_reference_to_a_folder_or_fifo_is_refused_not_read(root: Path, ref: str) -> None:
     image = types_pb2.Image(ref=types_pb2.DataRef(path=ref))
     with pytest.raises(InvalidInput, match="is not a regular file"):
-        decode_image(image, SHM, root, max_pixels=10_000)
+        decode_image(image, SHM_DIR, root, max_pixels=10_000)
 
 
 @pytest.mark.timeout(20)

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.runtime.checkpoints import sha256_of
 from modelyard.runtime.errors import ConfigError
-from modelyard.runtime.host import sha256_of
 from modelyard.wilor.config import WiLoRConfig
 from modelyard.wilor.conversions import (
     box_iou,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelyard.runtime.host import sha256_of
+from modelyard.runtime.checkpoints import sha256_of
 from modelyard.wilor.backends.upstream_load import build_network, import_upstream, load_detector
 from modelyard.wilor.config import WiLoRConfig
 from modelyard.wilor.conversions import default_focal_length, hand_pose_from_mean, rgb_to_bgr, wilor_hands
