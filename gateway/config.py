@@ -27,6 +27,8 @@ class GatewayConfig(Strict):
         ge=1,
         description="calls in progress or waiting for a thread (streams included); beyond: RESOURCE_EXHAUSTED",
     )
+    max_message_mb: int = Field(64, ge=1, description="largest gRPC message the gateway accepts in a call")
+    grpc_threads: int = Field(32, ge=2, description="threads serving gRPC calls (each open progress stream holds one)")
     services: dict[str, EndpointConfig] = Field(default_factory=dict)
     token_file: ExistingFile | None = Field(None, description="require `authorization: Bearer <token>`")
     tls: TlsConfig | None = None

@@ -27,6 +27,7 @@ from modelyard.gateway.pipelines import PIPELINES, STUBS
 from modelyard.runtime import logs
 from modelyard.runtime.auth import TokenInterceptor, read_token
 from modelyard.runtime.config import invalid_config
+from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import ConfigError, ModelyardError
 from modelyard.runtime.metrics import ServiceMetrics
 from modelyard.runtime.reflection import enable_reflection
@@ -196,10 +197,15 @@ def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | No
     interceptors: list[grpc.ServerInterceptor] = []
     if config.token_file is not None:
         interceptors.append(TokenInterceptor(read_token(config.token_file)))
-    interceptors.append(RequestInterceptor("gateway", metrics, 64 << 20))
+    interceptors.append(RequestInterceptor("gateway", metrics, config.max_message_mb * MIB))
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"),
+        ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
         interceptors=interceptors,
+        # As the services: core takes up to twice the limit, so the interceptor answers what to do instead.
+        options=[
+            ("grpc.max_receive_message_length", 2 * config.max_message_mb * MIB + MIB),
+            ("grpc.max_send_message_length", config.max_message_mb * MIB),
+        ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,  # beyond: RESOURCE_EXHAUSTED, not an unbounded queue
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(engine), server)

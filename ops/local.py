@@ -23,8 +23,7 @@ from pathlib import Path
 import yaml
 
 from modelyard.ops.supervisor import PLAN_FILE, STATE_FILE, Program, write_plan
-from modelyard.runtime.client import channel, wait_until_serving
-from modelyard.runtime.launch import free_port
+from modelyard.runtime.launch import free_port, log_tail, wait_until_started
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN_FILE = "service.token"
@@ -67,19 +66,17 @@ def _write_token(state_dir: Path) -> Path:
 
 def _wait(name: str, state_dir: Path, deadline: float) -> None:
     """Until `name` is SERVING; fails when it exits while starting (the supervisor would restart it)."""
-    address = read_state(state_dir)[name].address
-    with channel(address) as chan:
-        while time.monotonic() < deadline:
-            p = read_state(state_dir).get(name)
-            if p is not None and (p.restarts or p.state in ("backoff", "failed")):
-                tail = "\n".join(Path(p.log).read_text(errors="replace").splitlines()[-5:])
-                raise RuntimeError(f"{name} exited with code {p.last_exit} while starting:\n{tail}")
-            try:
-                wait_until_serving(chan, "", timeout=1.0)
-                return
-            except TimeoutError:
-                continue
-    raise TimeoutError(f"{name} not SERVING in time (log: {read_state(state_dir)[name].log})")
+
+    def exited() -> str | None:
+        p = read_state(state_dir).get(name)
+        if p is None or not (p.restarts or p.state in ("backoff", "failed")):
+            return None
+        return f"{name} exited with code {p.last_exit} while starting{log_tail(Path(p.log))}"
+
+    try:
+        wait_until_started(name, read_state(state_dir)[name].address, deadline, exited)
+    except TimeoutError:
+        raise TimeoutError(f"{name} not SERVING in time (log: {read_state(state_dir)[name].log})") from None
 
 
 def up(

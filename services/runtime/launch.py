@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +19,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_started(name: str, address: str, deadline: float, exited: Callable[[], str | None]) -> None:
+    """Until the server `name` on `address` reports SERVING, before `deadline` (time.monotonic()).
+
+    `exited` says why the process is gone (a message) or None while it runs: a process that exits while starting
+    fails at once with that message instead of at the deadline. The one wait every local launcher uses."""
+    with channel(address) as chan:
+        while time.monotonic() < deadline:
+            gone = exited()
+            if gone is not None:
+                raise RuntimeError(gone)
+            try:
+                wait_until_serving(chan, "", timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                continue
+    raise TimeoutError(f"{name} on {address} not SERVING in time")
+
+
+def log_tail(path: Path | None, lines: int = 5) -> str:
+    """The last lines of a log, after a colon and a newline ("" with no log)."""
+    if path is None or not path.exists():
+        return ""
+    return ":\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 class LocalService:
@@ -58,20 +84,20 @@ class LocalService:
         return self
 
     def wait_until_serving(self, timeout: float = 180.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        with channel(self.address) as chan:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.name} exited with code {self.process.returncode} while starting{self._log_tail()}"
-                    )
-                try:
-                    wait_until_serving(chan, "", timeout=1.0)
-                    return
-                except TimeoutError:
-                    continue
-        raise TimeoutError(f"{self.name} on {self.address} not SERVING after {timeout:.0f}s{self._log_tail()}")
+        process = self.process
+        assert process is not None
+
+        def exited() -> str | None:
+            if process.poll() is None:
+                return None
+            return f"{self.name} exited with code {process.returncode} while starting{self._log_tail()}"
+
+        try:
+            wait_until_started(self.name, self.address, time.monotonic() + timeout, exited)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.name} on {self.address} not SERVING after {timeout:.0f}s{self._log_tail()}"
+            ) from None
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (drain), then SIGKILL after `timeout`. Returns the exit code."""
@@ -90,10 +116,7 @@ class LocalService:
         return int(self.process.returncode)
 
     def _log_tail(self, lines: int = 5) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return ""
-        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        return ":\n" + "\n".join(tail)
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> LocalService:
         self.start()
@@ -108,4 +131,4 @@ class LocalService:
         self.stop()
 
 
-__all__ = ["LocalService", "free_port"]
+__all__ = ["LocalService", "free_port", "log_tail", "wait_until_started"]

@@ -42,6 +42,15 @@ def slow_medsam(tmp_path_factory: pytest.TempPathFactory, tiny_model_section: di
         yield service
 
 
+@pytest.fixture(scope="module")
+def unhurried_medsam(tmp_path_factory: pytest.TempPathFactory, tiny_model_section: dict) -> Iterator[LocalService]:
+    """MedSAM gathering each batch for 4 s: every call takes that long, then is answered."""
+    folder = tmp_path_factory.mktemp("unhurried-medsam")
+    config = write_config(folder, tiny_model_section, {"max_batch_size": 64, "batch_wait_ms": 4000}, "medsam.yaml")
+    with LocalService("medsam", config, log_path=folder / "medsam.log") as service:
+        yield service
+
+
 def gateway_config(root: Path, medsam: LocalService, **extra: object) -> Path:
     path = root / "gateway.yaml"
     services = {"medsam": {"addresses": [medsam.address], "backoff_initial_s": 0.1, "max_attempts": 5}}
@@ -142,6 +151,29 @@ def test_sigterm_ends_a_gateway_with_hanging_items_within_drain_plus_five_second
     finally:
         client.close()
         gateway.stop()
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_lets_running_items_and_their_open_stream_finish_within_the_drain_then_the_gateway_leaves(
+    tmp_path: Path, unhurried_medsam: LocalService
+) -> None:
+    write_medvqa_inputs(tmp_path / "in", count=3)
+    gateway = Gateway(gateway_config(tmp_path, unhurried_medsam, drain_seconds=30), tmp_path / "log").start()
+    client, other = GatewayClient(gateway.address), GatewayClient(gateway.address)
+    stream = client.run("medvqa", "in/questions.csv", "out", GOLD)
+    first = next(stream)
+    wait_for(lambda: other.get(first.job.id).running == 3)
+    other.close()
+    assert gateway.process is not None
+    started = time.monotonic()
+    gateway.process.send_signal(signal.SIGTERM)
+    events = [first, *stream]  # the stream in flight goes on until its job's run ends
+    client.close()
+    gateway.process.wait(30)
+    assert events[-1].job.state == "done" and events[-1].job.done == 3
+    assert gateway.process.returncode == 0 and time.monotonic() - started < 30  # gone once nothing runs
+    with sqlite3.connect(tmp_path / ".modelyard" / "jobs.sqlite") as db:
+        assert db.execute("SELECT state FROM jobs WHERE id = ?", (first.job.id,)).fetchone() == ("done",)
 
 
 @pytest.mark.timeout(240)
