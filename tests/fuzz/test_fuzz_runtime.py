@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelyard.runtime.arrays import tensor_to_numpy
+from modelyard.runtime.arrays import SHM_DIR, tensor_to_numpy
 from modelyard.v1 import echo_pb2, echo_pb2_grpc, types_pb2
 from tests.fuzz import strategies as fz
-from tests.fuzz.conftest import HOSTILE_REGIONS, REGION_TARGET, SHM
+from tests.fuzz.conftest import HOSTILE_REGIONS, REGION_TARGET
 from tests.fuzz.support import Target, fuzz
 
 GOOD_ARRAYS = fz.arrays(st.lists(st.integers(0, 6), max_size=4).map(tuple))
@@ -36,7 +36,7 @@ def test_a_well_formed_array_comes_back_unchanged(echo: Target, array: np.ndarra
     request = echo_pb2.EchoRequest(array=fz.inline(array))
     response = echo.call(echo_pb2_grpc.EchoStub(echo.channel).Echo, request)
     assert not isinstance(response, grpc.RpcError), response.details()
-    back = tensor_to_numpy(response.array, SHM)
+    back = tensor_to_numpy(response.array, SHM_DIR)
     assert back.dtype == array.dtype and back.shape == array.shape
     assert back.tobytes() == array.tobytes()  # bit for bit, NaNs included
 
