@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
 import yaml
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 from pydantic import ValidationError
@@ -25,13 +22,10 @@ from modelyard.gateway.jobs import ItemState, JobStore
 from modelyard.gateway.metrics import GatewayMetrics
 from modelyard.gateway.pipelines import PIPELINES, STUBS
 from modelyard.runtime import logs
-from modelyard.runtime.auth import TokenInterceptor, read_token
 from modelyard.runtime.config import invalid_config
-from modelyard.runtime.devices import MIB
 from modelyard.runtime.errors import ConfigError, ModelyardError
 from modelyard.runtime.metrics import ServiceMetrics
-from modelyard.runtime.reflection import enable_reflection
-from modelyard.runtime.server import RequestInterceptor
+from modelyard.runtime.server import GrpcServer
 from modelyard.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger("modelyard.gateway")
@@ -194,48 +188,34 @@ def serve_gateway(config_path: str, port: int, bind: str, metrics_port: int | No
         return 2
     metrics = ServiceMetrics("gateway")
     gateway_metrics.registry.register(_Forward(metrics.registry))
-    interceptors: list[grpc.ServerInterceptor] = []
-    if config.token_file is not None:
-        interceptors.append(TokenInterceptor(read_token(config.token_file)))
-    interceptors.append(RequestInterceptor("gateway", metrics, config.max_message_mb * MIB))
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
-        interceptors=interceptors,
-        # As the services: core takes up to twice the limit, so the interceptor answers what to do instead.
-        options=[
-            ("grpc.max_receive_message_length", 2 * config.max_message_mb * MIB + MIB),
-            ("grpc.max_send_message_length", config.max_message_mb * MIB),
-        ],
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,  # beyond: RESOURCE_EXHAUSTED, not an unbounded queue
-    )
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(engine), server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection((SERVICE_NAME, "grpc.health.v1.Health"), server)
-    address = f"{bind}:{port}"
-    if config.tls is not None:
-        credentials = grpc.ssl_server_credentials([(config.tls.key.read_bytes(), config.tls.cert.read_bytes())])
-        bound = server.add_secure_port(address, credentials)
-    else:
-        bound = server.add_insecure_port(address)
+    tls = None if config.tls is None else (config.tls.key.read_bytes(), config.tls.cert.read_bytes())
+    try:
+        server = GrpcServer(
+            "gateway",
+            metrics,
+            max_message_mb=config.max_message_mb,
+            grpc_threads=config.grpc_threads,
+            token_file=config.token_file,
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        server.add(SERVICE_NAME, GatewayServicer(engine), gateway_pb2_grpc.add_GatewayServicer_to_server)
+        bound = server.bind(f"{bind}:{port}", tls)
+    except ModelyardError as exc:
+        log.error(exc.message, extra={"fields": {"service": "gateway"}})
+        return 2
     server.start()
     if metrics_port is not None:
         start_http_server(metrics_port, registry=gateway_metrics.registry)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.set_serving(True)
     log.info("listening", extra={"fields": {"service": "gateway", "port": bound, "data_root": str(config.data_root)}})
     if config.resume_on_start:
         resumed = engine.resume_unfinished()  # items that keep wedging the gateway are failed, not resumed
         if resumed:
             log.info("resumed jobs", extra={"fields": {"service": "gateway", "jobs": resumed}})
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    server.stop_on_signals()
+    server.stopping.wait()
     _exit_after(config.drain_seconds + EXIT_MARGIN_S)  # whatever an item is doing, the gateway ends
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    stopped = server.stop(config.drain_seconds)  # new calls refused; streams end when their jobs' runs do
+    stopped = server.drain(config.drain_seconds)  # new calls refused; streams end when their jobs' runs do
     if not engine.shutdown(config.drain_seconds):
         log.warning("items still running after the drain; they count as interrupted when their jobs resume",
                     extra={"fields": {"service": "gateway"}})  # fmt: skip

@@ -17,10 +17,10 @@ from modelyard.runtime.adapter import ModelAdapter, ServiceSpec
 from modelyard.runtime.config import RuntimeConfig, ServiceConfig
 from modelyard.runtime.errors import Cancelled, InvalidInput
 from modelyard.runtime.host import ModelHost
+from modelyard.runtime.interceptor import RequestInterceptor
 from modelyard.runtime.metadata import REQUEST_ID
 from modelyard.runtime.metrics import ServiceMetrics
 from modelyard.runtime.progress import Progress, Update
-from modelyard.runtime.server import RequestInterceptor
 from modelyard.v1 import types_pb2
 
 
