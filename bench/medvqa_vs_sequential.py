@@ -36,7 +36,7 @@ from modelyard.biomedclip.preprocess import to_frame
 from modelyard.biomedclip.servicer import localize_settings
 from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.gateway import files
-from modelyard.gateway.calls import EndpointConfig, ServiceClient
+from modelyard.runtime.calls import EndpointConfig, ServiceClient
 from modelyard.gateway.client import GatewayClient
 from modelyard.gateway.datarefs import DataVolumeProbe
 from modelyard.gateway.pipeline import StepContext

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
-import yaml
 
+from modelyard.gateway.config import load_gateway_config
 from modelyard.runtime.cli import INTERRUPTED, USAGE_ERROR, UsageError
 from modelyard.runtime.client import LOCAL_STATE_DIR
+from modelyard.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -56,7 +57,10 @@ def _data_relative(path: str, args: argparse.Namespace) -> str:
     config = Path(args.state_dir) / "gateway.yaml"
     if args.gateway or not config.exists():
         return path
-    root = Path(yaml.safe_load(config.read_text())["data_root"]).resolve()
+    try:
+        root = load_gateway_config(config).data_root.resolve()
+    except ConfigError as exc:
+        raise UsageError(exc.message) from None
     here = Path(path).resolve()
     resolved = here if here.is_relative_to(root) or Path(path).is_absolute() else (root / path).resolve()
     if not resolved.is_relative_to(root):

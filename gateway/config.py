@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+import yaml
+from pydantic import Field, ValidationError
 
-from modelyard.gateway.calls import EndpointConfig
-from modelyard.runtime.config import ExistingDir, ExistingFile, Strict
+from modelyard.runtime.calls import EndpointConfig
+from modelyard.runtime.config import ExistingDir, ExistingFile, Strict, invalid_config
+from modelyard.runtime.errors import ConfigError
+from modelyard.runtime.paths import explain_missing
 
 
 class TlsConfig(Strict):
@@ -49,3 +52,15 @@ class GatewayConfig(Strict):
     @property
     def store_path(self) -> Path:
         return self.store or self.data_root / ".modelyard" / "jobs.sqlite"
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    """gateway.yaml, validated (paths relative to its folder); ConfigError says what to fix."""
+    file = Path(path).expanduser().absolute()
+    if not file.is_file():
+        raise ConfigError(explain_missing(path, file, "gateway config file"))
+    data = yaml.safe_load(file.read_text()) or {}
+    try:
+        return GatewayConfig.model_validate(data, context={"base_dir": file.parent})
+    except ValidationError as exc:
+        raise invalid_config(exc, GatewayConfig, str(file)) from None

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from modelyard.gateway.calls import CallFailed, ServiceClient
+from modelyard.runtime.calls import CallFailed, ServiceClient
 from modelyard.v1 import types_pb2
 
 PROBE_FOLDER = Path(".modelyard") / "probes"  # relative to the data volume
@@ -51,7 +51,9 @@ class DataVolumeProbe:
         except OSError:  # a read-only volume: no DataRefs of our own files either way
             return False
         try:
-            info = client.call("Info", types_pb2.InfoRequest(data_probe=relative.as_posix(), data_token=token))
+            info = client.call(
+                lambda service: service.Info, types_pb2.InfoRequest(data_probe=relative.as_posix(), data_token=token)
+            )
             return bool(info.data_probe_ok)
         except CallFailed:
             return False

@@ -15,13 +15,14 @@ from typing import Any
 
 import yaml
 
-from modelyard.gateway import cancel, files
-from modelyard.gateway.calls import CallFailed, ServiceClient
-from modelyard.gateway.cancel import Cancellation
+from modelyard.gateway import files
 from modelyard.gateway.datarefs import DataVolumeProbe
 from modelyard.gateway.inputs import plain
 from modelyard.gateway.jobs import Item, ItemState, JobRecord, JobState, JobStore, job_id
 from modelyard.gateway.pipeline import Pipeline, StepContext
+from modelyard.runtime import cancel
+from modelyard.runtime.calls import CallFailed, ServiceClient
+from modelyard.runtime.cancel import Cancellation
 from modelyard.runtime.errors import ConfigError, InvalidInput, ModelyardError, NotFound, ResourceExhausted
 from modelyard.runtime.paths import confined
 

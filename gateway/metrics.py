@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from modelyard.gateway.calls import RETRYABLE
+from modelyard.runtime.calls import RETRYABLE
 
 
 class _StoreCollector(Collector):

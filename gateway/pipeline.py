@@ -11,9 +11,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from modelyard.gateway.calls import ServiceClient
 from modelyard.gateway.datarefs import DataVolumeProbe
 from modelyard.gateway.jobs import Item, JobRecord
+from modelyard.runtime.calls import ServiceClient
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 

@@ -6,23 +6,19 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
 
-from modelyard.gateway.calls import ServiceClient
-from modelyard.gateway.config import GatewayConfig
+from modelyard.gateway.config import GatewayConfig, load_gateway_config
 from modelyard.gateway.engine import Engine, Event, parse_config_text
 from modelyard.gateway.jobs import ItemState, JobStore
 from modelyard.gateway.metrics import GatewayMetrics
 from modelyard.gateway.pipelines import PIPELINES, STUBS
 from modelyard.runtime import logs
-from modelyard.runtime.config import invalid_config
+from modelyard.runtime.calls import ServiceClient
 from modelyard.runtime.errors import ConfigError, ModelyardError
 from modelyard.runtime.metrics import ServiceMetrics
 from modelyard.runtime.server import GrpcServer
@@ -134,19 +130,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def CancelJob(self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
         return job_message(Event(self.engine.cancel(request.id)))
-
-
-def load_gateway_config(path: str) -> GatewayConfig:
-    file = Path(path).expanduser().absolute()
-    if not file.is_file():
-        from modelyard.runtime.paths import explain_missing
-
-        raise ConfigError(explain_missing(path, file, "gateway config file"))
-    data = yaml.safe_load(file.read_text()) or {}
-    try:
-        return GatewayConfig.model_validate(data, context={"base_dir": file.parent})
-    except ValidationError as exc:
-        raise invalid_config(exc, GatewayConfig, str(file)) from None
 
 
 def build_engine(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> Engine:

@@ -13,6 +13,7 @@ between `# >>> generated ...` and `# <<< generated ...` lines, and only that par
   deploy/k8s/base/<name>.yaml, config/<name>.yaml, kustomization.yaml         a Deployment + headless Service each
   deploy/docker/model-services.sh        the lists the build scripts loop over
   deploy/docker/pyproject_extras.py      each image layer's extras
+  Makefile                               a venv per service with an environment of its own (`make setup`)
   pyproject.toml                         the package list, derived from the source tree
 
   deploy/docker/requirements/*.txt       each layer's requirements, from pyproject.toml's extras
@@ -331,6 +332,31 @@ def model_services_sh(services: list[ServiceManifest]) -> str:
     )
 
 
+def makefile(text: str, services: list[ServiceManifest]) -> str:
+    """The Makefile's environments of their own (`environment: own`): a venv each with only its extra, built by
+    `make setup`, whose interpreter the tests and `modelyard up` are given as MODELYARD_<NAME>_PYTHON."""
+    own = [m for m in services if m.environment == "own"]
+    body = ""
+    for m in own:
+        var = m.name.upper()
+        body += (
+            f"{var}_VENV  := .venv-{m.name}\n"
+            f"{var}_PY    := $({var}_VENV)/bin/python\n"
+            f"{var}_STAMP := $({var}_VENV)/.setup-stamp\n"
+            f".PHONY: setup-{m.name}\n"
+            f"setup-{m.name}: $({var}_STAMP)\n"
+            f"$({var}_STAMP): pyproject.toml\n"
+            f"\ttest -x $({var}_PY) || $(PYTHON) -m venv $({var}_VENV)\n"
+            f"\t$({var}_PY) -m pip install --quiet --upgrade pip\n"
+            f'\t$({var}_PY) -m pip install --quiet -e ".[{m.extra}]"\n'
+            f"\ttouch $({var}_STAMP)\n"
+        )
+    body += "OWN_ENV_STAMPS  := " + " ".join(f"$({m.name.upper()}_STAMP)" for m in own) + "\n"
+    body += "OWN_ENV_VENVS   := " + " ".join(f"$({m.name.upper()}_VENV)" for m in own) + "\n"
+    body += "OWN_ENV_PYTHONS := " + " ".join(f"MODELYARD_{m.name.upper()}_PYTHON=$({m.name.upper()}_PY)" for m in own)
+    return replace_block(text, "environments of their own", body.rstrip() + "\n", "Makefile")
+
+
 def extras_layers(text: str, services: list[ServiceManifest]) -> str:
     body = "".join(f'    "{m.name}": (["{m.extra}"], {m.environment == "own"}),\n' for m in services)
     return replace_block(text, "service layers", body, "deploy/docker/pyproject_extras.py")
@@ -398,6 +424,7 @@ def outputs(root: Path) -> dict[str, str]:
         ),
         "deploy/k8s/base/kustomization.yaml": kustomization,
         "deploy/docker/pyproject_extras.py": extras_layers,
+        "Makefile": makefile,
     }
     out = {path: write((root / path).read_text(), services) for path, write in edited.items()}
     out["pyproject.toml"] = pyproject((root / "pyproject.toml").read_text(), root)

@@ -126,7 +126,7 @@ class Hand3D(Pipeline[Hand3DOptions]):
             resolution_factor=o.RESOLUTION_FACTOR,
             iterations=o.ITERATIONS,
         )
-        response = ctx.clients["tapip3d"].call("Track", request, ctx.request_id(item, "track"))
+        response = ctx.clients["tapip3d"].call(lambda tapip3d: tapip3d.Track, request, ctx.request_id(item, "track"))
         return {
             "points": tensor_to_numpy(response.tracks, SHM_DIR).astype(np.float32),
             "visibility": tensor_to_numpy(response.visibility, SHM_DIR).astype(bool),
@@ -156,7 +156,9 @@ class Hand3D(Pipeline[Hand3DOptions]):
                 ),
                 options=wilor_pb2.DetectOptions(detection_confidence=o.HAND_CONFIDENCE, skip_vertices=o.SKIP_VERTICES),
             )
-            response = ctx.clients["wilor"].call("Detect", request, ctx.request_id(item, f"hands-{start}"))
+            response = ctx.clients["wilor"].call(
+                lambda wilor: wilor.Detect, request, ctx.request_id(item, f"hands-{start}")
+            )
             backend, filled = response.backend, list(response.filled_fields)
             for frame in response.results:
                 for side_name, side in (("left", wilor_pb2.HAND_SIDE_LEFT), ("right", wilor_pb2.HAND_SIDE_RIGHT)):
@@ -207,7 +209,9 @@ def _store_hand(side: dict[str, np.ndarray], index: int, hand: Any, t: int) -> N
 
 
 def _info(ctx: StepContext[Hand3DOptions], service: str, item: Item) -> dict[str, str]:
-    info = ctx.clients[service].call("Info", types_pb2.InfoRequest(), ctx.request_id(item, f"info-{service}"))
+    info = ctx.clients[service].call(
+        lambda stub: stub.Info, types_pb2.InfoRequest(), ctx.request_id(item, f"info-{service}")
+    )
     return {
         "service": info.service,
         "model": info.model,

@@ -292,7 +292,9 @@ class MedVQA(Pipeline[MedVQAOptions]):
             cam=o.cam(top_k),
             options=o.localize,
         )
-        response = ctx.clients["biomedclip"].call("Localize", request, ctx.request_id(item, "localize"))
+        response = ctx.clients["biomedclip"].call(
+            lambda biomedclip: biomedclip.Localize, request, ctx.request_id(item, "localize")
+        )
         boxes, notes = [], []
         for prompt, result in zip(prompts, response.results, strict=True):
             found = [[b.box.x1, b.box.y1, b.box.x2, b.box.y2] for b in result.boxes]
@@ -336,7 +338,11 @@ class MedVQA(Pipeline[MedVQAOptions]):
                 label=prompt if o.DRAW_LABELS else "",
             ),
         )  # fmt: skip
-        (result,) = ctx.clients["biomedclip"].call("Heatmap", request, ctx.request_id(item, "heatmap")).results
+        (result,) = (
+            ctx.clients["biomedclip"]
+            .call(lambda biomedclip: biomedclip.Heatmap, request, ctx.request_id(item, "heatmap"))
+            .results
+        )
         path = files.write_bytes(ctx.output_dir / f"{stem}.png", result.composite_png)
         if o.SAVE_RAW_CAM:
             heat = tensor_to_numpy(result.heatmap, SHM_DIR)
@@ -381,7 +387,9 @@ class MedVQA(Pipeline[MedVQAOptions]):
                 )
             ]
         )
-        (result,) = ctx.clients["medsam"].call("Segment", request, ctx.request_id(item, "segment")).results
+        (result,) = (
+            ctx.clients["medsam"].call(lambda medsam: medsam.Segment, request, ctx.request_id(item, "segment")).results
+        )
         masks = tensor_to_numpy(result.masks, SHM_DIR)
         mask_paths = []
         if not o.DISABLE_MASK_SAVING:
@@ -429,7 +437,9 @@ class MedVQA(Pipeline[MedVQAOptions]):
 
 def _model_info(ctx: StepContext[MedVQAOptions], service: str, item: Item) -> dict[str, Any]:
     """Which model answered (recorded with every item): random-weight results must never pass for real ones."""
-    info = ctx.clients[service].call("Info", types_pb2.InfoRequest(), ctx.request_id(item, f"info-{service}"))
+    info = ctx.clients[service].call(
+        lambda stub: stub.Info, types_pb2.InfoRequest(), ctx.request_id(item, f"info-{service}")
+    )
     record: dict[str, Any] = {
         "model": info.model,
         "checkpoint": info.checkpoint,

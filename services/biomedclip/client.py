@@ -15,7 +15,7 @@ from PIL import Image
 
 from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.cli import add_address_argument
-from modelyard.runtime.client import ModelClient, request_metadata, token_from
+from modelyard.runtime.client import ModelClient, token_from
 from modelyard.v1 import biomedclip_pb2, biomedclip_pb2_grpc, types_pb2
 
 METHODS = {
@@ -57,24 +57,22 @@ class BiomedCLIPClient(ModelClient):
     service = "modelyard.v1.BiomedCLIP"
     stub_class = biomedclip_pb2_grpc.BiomedCLIPStub
 
-    def _call(self, method: str, request: Any) -> Any:
-        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=request_metadata())
-
     def embed_images(self, images: list[ImageLike]) -> np.ndarray:
         """(N, D) float32 unit vectors."""
         request = biomedclip_pb2.EmbedImagesRequest(images=[image_message(i) for i in images])
-        return tensor_to_numpy(self._call("EmbedImages", request).embeddings, SHM_DIR)
+        return tensor_to_numpy(self.call(lambda biomedclip: biomedclip.EmbedImages, request).embeddings, SHM_DIR)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         request = biomedclip_pb2.EmbedTextsRequest(texts=texts)
-        return tensor_to_numpy(self._call("EmbedTexts", request).embeddings, SHM_DIR)
+        return tensor_to_numpy(self.call(lambda biomedclip: biomedclip.EmbedTexts, request).embeddings, SHM_DIR)
 
     def classify(self, images: list[ImageLike], labels: list[str], template: str = "") -> np.ndarray:
         """(N images, L labels) probabilities."""
         request = biomedclip_pb2.ClassifyRequest(
             images=[image_message(i) for i in images], labels=labels, template=template
         )
-        return np.array([r.probabilities for r in self._call("Classify", request).results], np.float32)
+        response = self.call(lambda biomedclip: biomedclip.Classify, request)
+        return np.array([r.probabilities for r in response.results], np.float32)
 
     def heatmap(
         self,
@@ -95,7 +93,7 @@ class BiomedCLIPClient(ModelClient):
             cam=biomedclip_pb2.CamOptions(method=METHODS[method], top_k=top_k),
             render=render,
         )
-        return self._call("Heatmap", request).results[0]
+        return self.call(lambda biomedclip: biomedclip.Heatmap, request).results[0]
 
     def localize(
         self,
@@ -115,7 +113,7 @@ class BiomedCLIPClient(ModelClient):
             include_heatmap=include_heatmap,
             render_boxes=render_boxes,
         )
-        r = self._call("Localize", request).results[0]
+        r = self.call(lambda biomedclip: biomedclip.Localize, request).results[0]
         return LocalizeAnswer(
             boxes=np.array([[b.box.x1, b.box.y1, b.box.x2, b.box.y2] for b in r.boxes], np.float32).reshape(-1, 4),
             scores=np.array([b.score for b in r.boxes], np.float32),

@@ -12,7 +12,7 @@ from PIL import Image
 
 from modelyard.runtime.arrays import SHM_DIR, numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.cli import add_address_argument
-from modelyard.runtime.client import ModelClient, request_metadata, token_from
+from modelyard.runtime.client import ModelClient, token_from
 from modelyard.runtime.render import overlay_masks
 from modelyard.v1 import medsam_pb2, medsam_pb2_grpc, types_pb2
 
@@ -39,9 +39,7 @@ class MedSAMClient(ModelClient):
             image=msg, boxes=[types_pb2.BoxXYXY(x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for b in boxes],
             intensity=_INTENSITY[intensity],
         )  # fmt: skip
-        response = self.stub.Segment(
-            medsam_pb2.SegmentRequest(items=[item]), timeout=self.timeout, metadata=request_metadata()
-        )
+        response = self.call(lambda medsam: medsam.Segment, medsam_pb2.SegmentRequest(items=[item]))
         result = response.results[0]
         return tensor_to_numpy(result.masks, SHM_DIR), np.array(result.scores, np.float32)
 

@@ -1,9 +1,9 @@
-"""Client side of a service: channels with the right limits, readiness waits, request ids, shared memory."""
+"""Client side of a service: the base of every service's Python client (retries from runtime.calls), readiness
+waits, request ids, the local stack's addresses, shared memory. Channels come from runtime.channels."""
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 import time
@@ -25,42 +25,11 @@ from modelyard.runtime.arrays import (
     remove_orphaned_regions,
     tensor_to_numpy,
 )
-from modelyard.runtime.auth import TokenCallInterceptor, read_token
-from modelyard.runtime.devices import MIB
+from modelyard.runtime.auth import read_token
+from modelyard.runtime.calls import CallFailed, EndpointConfig, RetryPolicy, ServiceClient
+from modelyard.runtime.channels import channel, token_from
 from modelyard.runtime.metadata import REQUEST_ID
 from modelyard.v1 import types_pb2
-
-TOKEN_FILE_ENV = "MODELYARD_SERVICE_TOKEN_FILE"
-# A peer that went away (restarting, a new container) is reconnected to within about a second of its return.
-# gRPC's defaults back off up to 120 s between connection attempts, so a service back after 30 s used to be
-# reached only tens of seconds later. A short cap costs one refused connect per second while a peer is down.
-RECONNECT_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.dns_min_time_between_resolutions_ms", 1000),  # a restarted container may come back at a new address
-]
-
-
-def channel(address: str, max_message_mb: int = 64, token: str | None = None) -> grpc.Channel:
-    """A channel with room for `max_message_mb` messages that reconnects promptly; with `token`, every call on
-    it carries `authorization: Bearer <token>`."""
-    chan = grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", 2 * max_message_mb * MIB),
-            ("grpc.max_receive_message_length", 2 * max_message_mb * MIB),
-            *RECONNECT_OPTIONS,
-        ],
-    )
-    return grpc.intercept_channel(chan, TokenCallInterceptor(token)) if token else chan
-
-
-def token_from(path: str | None) -> str | None:
-    """The token in `path`, else in the file named by $MODELYARD_SERVICE_TOKEN_FILE, else None (CLIs)."""
-    path = path or os.environ.get(TOKEN_FILE_ENV) or None
-    return read_token(Path(path)) if path else None
-
 
 # Where `modelyard up` records what runs where, relative to the folder it ran in (modelyard.ops.local writes
 # {"processes": {name: {"address": ...}}, ...}), and the token its services require.
@@ -108,28 +77,50 @@ def request_metadata(request_id: str | None = None) -> tuple[tuple[str, str], ..
 
 
 class ModelClient:
-    """Base of every service's Python client: a channel with the right limits, the stub, readiness, Info."""
+    """Base of every service's Python client: its stub behind the runtime's retry policy (runtime.calls), with
+    readiness and Info. Unary calls go through `call` (`self.call(lambda medsam: medsam.Segment, request)`);
+    `stub` calls directly (server-streaming calls). By default a call is retried while it can succeed later
+    (a restarting service, a full queue), at most three attempts within `timeout`; pass `retry` to change that
+    (`RetryPolicy(max_attempts=1)`: no retries). Failures raise CallFailed, a grpc.RpcError."""
 
     service: ClassVar[str]  # the full gRPC service name, e.g. "modelyard.v1.MedSAM"
     stub_class: ClassVar[Callable[[grpc.Channel], Any]]
     default_timeout: ClassVar[float] = 300.0
 
     def __init__(
-        self, address: str, timeout: float | None = None, max_message_mb: int = 64, token: str | None = None
+        self,
+        address: str,
+        timeout: float | None = None,
+        max_message_mb: int = 64,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        # A service of the local stack (modelyard up) needs its token: found here unless one is given.
-        self.channel = channel(address, max_message_mb, token or local_stack_token(address))
-        self.stub = type(self).stub_class(self.channel)
         self.timeout = timeout or self.default_timeout
+        policy = retry or RetryPolicy(
+            max_attempts=3, wait_for_ready=False, attempt_timeout_s=self.timeout, max_total_s=self.timeout
+        )
+        endpoint = EndpointConfig(
+            addresses=[address], max_message_mb=max_message_mb, max_in_flight=None, **policy.model_dump()
+        )
+        # A service of the local stack (modelyard up) needs its token: found here unless one is given.
+        self.calls = ServiceClient(
+            self.service.rsplit(".", 1)[-1], type(self).stub_class, endpoint, token=token or local_stack_token(address)
+        )
+        self.channel = self.calls.channel
+        self.stub = self.calls.stub
+
+    def call(self, select: Callable[[Any], Any], request: Any, timeout: float | None = None) -> Any:
+        """The RPC `select` picks from the stub, with retries; raises CallFailed (a grpc.RpcError)."""
+        return self.calls.call(select, request, timeout=timeout)
 
     def wait_until_serving(self, timeout: float = 120.0) -> None:
         wait_until_serving(self.channel, self.service, timeout)
 
     def info(self) -> types_pb2.ModelInfo:
-        return self.stub.Info(types_pb2.InfoRequest(), timeout=min(self.timeout, 60.0))
+        return self.call(lambda stub: stub.Info, types_pb2.InfoRequest(), timeout=min(self.timeout, 60.0))
 
     def close(self) -> None:
-        self.channel.close()
+        self.calls.close()
 
     def __enter__(self) -> ModelClient:
         return self
@@ -287,3 +278,21 @@ def _close_regions(regions: dict[str, SharedRegion]) -> None:
     for region in regions.values():
         region.close()
     regions.clear()
+
+
+# The client API in one import: channels and call failures come from their own modules.
+__all__ = [
+    "LOCAL_STACK",
+    "LOCAL_STACK_TOKEN",
+    "LOCAL_STATE_DIR",
+    "CallFailed",
+    "ModelClient",
+    "RetryPolicy",
+    "SharedMemoryClient",
+    "channel",
+    "local_stack_addresses",
+    "local_stack_token",
+    "request_metadata",
+    "token_from",
+    "wait_until_serving",
+]

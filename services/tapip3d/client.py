@@ -115,11 +115,11 @@ class TAPIP3DClient(ModelClient):
         on_progress: Callable[[tapip3d_pb2.TrackProgress], None] | None = None,
         data_root: Path | None = None,
     ) -> TrackResult:
-        metadata = request_metadata()
         if on_progress is None:
-            return read_response(self.stub.Track(request, timeout=self.timeout, metadata=metadata), data_root)
+            return read_response(self.call(lambda tapip3d: tapip3d.Track, request), data_root)
         result = None
-        for event in self.stub.TrackStream(request, timeout=self.timeout, metadata=metadata):
+        # A stream is not retried: its progress would be replayed from the start.
+        for event in self.stub.TrackStream(request, timeout=self.timeout, metadata=request_metadata()):
             if event.HasField("progress"):
                 on_progress(event.progress)
             else:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from modelyard.runtime.arrays import numpy_to_tensor, tensor_to_numpy
 from modelyard.runtime.cli import add_address_argument
-from modelyard.runtime.client import ModelClient, request_metadata, token_from
+from modelyard.runtime.client import ModelClient, token_from
 from modelyard.runtime.render import draw_skeletons
 from modelyard.v1 import types_pb2, wilor_pb2, wilor_pb2_grpc
 from modelyard.wilor.hands import BONES, JOINT_NAMES, Hand
@@ -112,7 +112,7 @@ class WiLoRClient(ModelClient):
                 for b, right in ((given[i] if given else None) or [])
             ]
             items.append(wilor_pb2.DetectItem(image=msg, hands=hands))
-        response = self.call(wilor_pb2.DetectRequest(images=items, options=options_message(**options)))
+        response = self.send(wilor_pb2.DetectRequest(images=items, options=options_message(**options)))
         return [[hand_from_message(h) for h in result.hands] for result in response.results]
 
     def detect_sequence(
@@ -120,10 +120,10 @@ class WiLoRClient(ModelClient):
     ) -> wilor_pb2.DetectResponse:
         """Hands in the frames of a sequence on the service's data volume (see FrameSequence)."""
         sequence = wilor_pb2.FrameSequence(ref=types_pb2.DataRef(path=ref), start=start, count=count, step=step)
-        return self.call(wilor_pb2.DetectRequest(sequence=sequence, options=options_message(**options)))
+        return self.send(wilor_pb2.DetectRequest(sequence=sequence, options=options_message(**options)))
 
-    def call(self, request: wilor_pb2.DetectRequest) -> wilor_pb2.DetectResponse:
-        return self.stub.Detect(request, timeout=self.timeout, metadata=request_metadata())
+    def send(self, request: wilor_pb2.DetectRequest) -> wilor_pb2.DetectResponse:
+        return self.call(lambda wilor: wilor.Detect, request)
 
 
 def overlay_hands(image: np.ndarray, hands: list[Hand]) -> np.ndarray:

@@ -25,7 +25,7 @@ from tests.compose.conftest import compose_command
 ROOT = Path(__file__).resolve().parents[2]
 # What the generator reads and writes (the tree a fifth service is added to, copied).
 TREE = ["services", "gateway", "ops", "demo", "protos", "deploy", "docker-compose.yml", "docker-compose.gpu.yml",
-        "pyproject.toml", "README.md"]  # fmt: skip
+        "pyproject.toml", "README.md", "Makefile"]  # fmt: skip
 
 
 def test_nothing_generated_is_stale() -> None:
@@ -128,6 +128,26 @@ def test_a_fifth_service_gets_its_image_stage(fifth: Path) -> None:
     assert "echo" in (fifth / "deploy" / "docker" / "model-services.sh").read_text().split("MODEL_SERVICES_MAIN=")[1]
     assert '"echo": (["gateway"], False)' in (fifth / "deploy" / "docker" / "pyproject_extras.py").read_text()
     assert "h5py" in (fifth / "deploy" / "docker" / "requirements" / "echo.txt").read_text()  # its extra's
+
+
+def test_a_fifth_service_in_an_environment_of_its_own_gets_a_venv_that_make_setup_builds(fifth: Path) -> None:
+    manifest = fifth / "services" / "echo" / "manifest.yaml"
+    manifest.write_text(ECHO_MANIFEST.replace("environment: main", "environment: own"))
+    try:
+        done = subprocess.run([sys.executable, "-m", "modelyard.ops.generate", "--root", str(fifth)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "wrote Makefile" in done.stdout
+        dry = {
+            target: subprocess.run(["make", "-n", "-C", str(fifth), target], capture_output=True, text=True).stdout
+            for target in ("setup", "integration", "clean")
+        }
+        assert '.venv-echo/bin/python -m pip install --quiet -e ".[gateway]"' in dry["setup"]
+        assert "MODELYARD_ECHO_PYTHON=.venv-echo/bin/python" in dry["integration"]
+        assert ".venv-echo" in dry["clean"]
+    finally:
+        manifest.write_text(ECHO_MANIFEST)
+        subprocess.run([sys.executable, "-m", "modelyard.ops.generate", "--root", str(fifth)], timeout=120, check=True)
 
 
 def test_a_fifth_service_gets_its_compose_and_swarm_entries_which_compose_accepts(fifth: Path) -> None:

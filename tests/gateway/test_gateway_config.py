@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelyard.gateway.server import load_gateway_config
+from modelyard.gateway.config import load_gateway_config
 from modelyard.runtime.errors import ConfigError
 
 

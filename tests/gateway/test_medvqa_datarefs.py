@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from modelyard.demo.samples import write_medvqa_inputs
-from modelyard.gateway.calls import EndpointConfig, ServiceClient
 from modelyard.gateway.datarefs import PROBE_FOLDER, DataVolumeProbe
 from modelyard.gateway.pipeline import StepContext
 from modelyard.gateway.pipelines.medvqa import MedVQA, MedVQAOptions
 from modelyard.gateway.server import STUBS
+from modelyard.runtime.calls import EndpointConfig, ServiceClient
 from modelyard.runtime.launch import LocalService
 from tests.conftest import write_config
 

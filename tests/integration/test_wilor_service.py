@@ -214,7 +214,7 @@ def test_bad_requests_are_invalid_argument_with_what_to_fix(
     client: WiLoRClient, case: str, request_msg: wilor_pb2.DetectRequest, hint: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        client.call(request_msg)
+        client.send(request_msg)
     assert err.value.code() == INVALID, err.value.details()
     assert hint in err.value.details()
 
@@ -222,7 +222,7 @@ def test_bad_requests_are_invalid_argument_with_what_to_fix(
 def test_after_bad_requests_the_service_is_still_serving(client: WiLoRClient, service: LocalService) -> None:
     for _, request_msg, _ in BAD_REQUESTS[:3]:
         with pytest.raises(grpc.RpcError):
-            client.call(request_msg)
+            client.send(request_msg)
     with grpc.insecure_channel(service.address) as chan:
         request = health_pb2.HealthCheckRequest(service="modelyard.v1.WiLoR")
         assert (
@@ -290,7 +290,7 @@ def test_an_image_region_that_is_a_symlink_is_not_read(client: WiLoRClient, shm_
         array=types_pb2.Tensor(shared=types_pb2.SharedArray(region=name, dtype="uint8", shape=[32, 32, 3]))
     )
     with pytest.raises(grpc.RpcError) as err:
-        client.call(wilor_pb2.DetectRequest(images=[_item(linked)]))
+        client.send(wilor_pb2.DetectRequest(images=[_item(linked)]))
     assert err.value.code() == INVALID
     assert "is a symbolic link" in err.value.details()
 
@@ -306,7 +306,7 @@ def test_a_folder_frame_that_links_out_of_the_data_volume_is_not_read(
     (folder / "frame_2.png").symlink_to(outside)
     sequence = wilor_pb2.FrameSequence(ref=types_pb2.DataRef(path="leaky"))
     with pytest.raises(grpc.RpcError) as err:
-        client.call(wilor_pb2.DetectRequest(sequence=sequence))
+        client.send(wilor_pb2.DetectRequest(sequence=sequence))
     assert err.value.code() == INVALID
     assert "'leaky/frame_2.png' escapes the data volume" in err.value.details()
 
@@ -316,6 +316,6 @@ def test_an_npz_bomb_sequence_is_refused_from_its_header(client: WiLoRClient, da
     np.savez_compressed(data_root / "bomb.npz", video=np.zeros((1, 20000, 20000, 3), np.uint8))
     sequence = wilor_pb2.FrameSequence(ref=types_pb2.DataRef(path="bomb.npz"))
     with pytest.raises(grpc.RpcError) as err:
-        client.call(wilor_pb2.DetectRequest(sequence=sequence))
+        client.send(wilor_pb2.DetectRequest(sequence=sequence))
     assert err.value.code() == INVALID
     assert "20000x20000 frames are over the limit of 50000000 pixels" in err.value.details()

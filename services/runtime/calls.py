@@ -1,16 +1,21 @@
-"""Calls from the gateway to model services: deadlines, retries, replica failover, one request id.
+"""Calls to model services, as the gateway and every service's Python client make them: deadlines, retries,
+replica failover, one request id, typed RPCs.
 
 Retries (tenacity) only for codes that can succeed later: UNAVAILABLE (restarting, draining), DEADLINE_EXCEEDED,
 RESOURCE_EXHAUSTED (queue full, out of memory), ABORTED, and a CANCELLED the gateway did not ask for: a replica that
 shuts down (a rolling update) cancels calls its server had received but not yet started (grpc/grpc#41785); the
-gateway's own cancels end a call with FutureCancelledError instead, and a closed client retries nothing. Exponential
+caller's own cancels (runtime.cancel) end a call with FutureCancelledError instead, and a closed client retries
+nothing. Exponential
 backoff with jitter, bounded by total time (`max_total_s`; `max_attempts` only when set); each attempt has its own
 deadline and goes to the next replica; every attempt carries the same x-request-id. INVALID_ARGUMENT and other codes
-fail at once: the item fails with the service's message.
+fail at once, with the service's message.
 
 A service that is down (killed, restarting) is waited for within each attempt's deadline (`wait_for_ready`) rather
 than failed fast, and the channels reconnect within a second of its return (RECONNECT_OPTIONS). With several
 replicas an attempt goes to a connected one, and waits at most `connect_timeout_s` for one that is not.
+
+An RPC is named by selecting it from the service's generated stub, `client.call(lambda medsam: medsam.Segment,
+request)`, never by a string: a misspelt method fails type checking and at the first call, not in production.
 """
 
 from __future__ import annotations
@@ -21,18 +26,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Generic, TypeVar
 
 import grpc
 from pydantic import Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 from tenacity.stop import stop_base
 
-from modelyard.gateway import cancel
-from modelyard.runtime.auth import bearer_metadata
-from modelyard.runtime.client import RECONNECT_OPTIONS, token_from
+from modelyard.runtime import cancel
+from modelyard.runtime.channels import channel, token_from
 from modelyard.runtime.config import ExistingFile, Strict
-from modelyard.runtime.devices import MIB
 from modelyard.runtime.metadata import REQUEST_ID
 
 log = logging.getLogger("modelyard.gateway")
@@ -46,20 +50,12 @@ RETRYABLE = frozenset(
         grpc.StatusCode.CANCELLED,  # only as a status from the other side (see above and ServiceClient._retryable)
     }
 )
-# Pings notice a peer that vanished without closing its connections (a frozen or unplugged container) in
-# ~30 s instead of the attempt's deadline; the services accept them (runtime.server.KEEPALIVE_POLICY).
-KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+StubT = TypeVar("StubT")
 
 
-class EndpointConfig(Strict):
-    """How the gateway reaches one service. `addresses`: host:port replicas, or one `dns:///name:port`."""
+class RetryPolicy(Strict):
+    """How long a call may take and what is retried (see the module's docstring)."""
 
-    addresses: list[str] = Field(min_length=1)
     attempt_timeout_s: float = Field(
         300.0, gt=0, description="deadline of each attempt, waiting for a service that is down included"
     )
@@ -67,13 +63,24 @@ class EndpointConfig(Strict):
     max_total_s: float = Field(900.0, gt=0, description="give up retrying after this long (a restart reloads weights)")
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(5.0, gt=0, description="longest pause between attempts (jittered)")
+    wait_for_ready: bool = Field(
+        True, description="an attempt waits for a service that is down (within its deadline) instead of failing"
+    )
+
+
+class EndpointConfig(RetryPolicy):
+    """How the gateway reaches one service. `addresses`: host:port replicas, or one `dns:///name:port`."""
+
+    addresses: list[str] = Field(min_length=1)
     connect_timeout_s: float = Field(
         5.0, gt=0, description="with several addresses: how long an attempt waits for its replica to connect"
     )
     token_file: ExistingFile | None = Field(
         None, description="send `authorization: Bearer <token>` to the service (default: $MODELYARD_SERVICE_TOKEN_FILE)"
     )
-    max_in_flight: int = Field(4, ge=1, description="concurrent calls to this service from the gateway")
+    max_in_flight: int | None = Field(
+        4, ge=1, description="concurrent calls to this service from this client (none: no limit)"
+    )
     max_message_mb: int = Field(64, ge=1)
 
 
@@ -91,41 +98,49 @@ class NotConnected(grpc.RpcError):
         return self._details
 
 
-class CallFailed(Exception):
-    """A call that will not succeed by retrying: the item fails with the service's own message."""
+class CallFailed(grpc.RpcError):
+    """A call that will not succeed by retrying, with the service's own status and message (`code()` and
+    `details()`, as any grpc.RpcError)."""
 
     def __init__(self, service: str, code: grpc.StatusCode, message: str, attempts: int) -> None:
         super().__init__(f"{service}: {code.name}: {message}")
         self.service = service
-        self.code = code
+        self.status = code
         self.message = message
         self.attempts = attempts
 
+    def code(self) -> grpc.StatusCode:
+        return self.status
 
-class ServiceClient:
-    """A service's replicas behind one `call(rpc, request)` with retries and failover."""
+    def details(self) -> str:
+        return self.message
+
+    def __str__(self) -> str:
+        return f"{self.service}: {self.status.name}: {self.message}"
+
+
+class ServiceClient(Generic[StubT]):
+    """A service's replicas behind one `call(select, request)` with retries and failover; `select` picks the RPC
+    from the service's stub (`lambda medsam: medsam.Segment`)."""
 
     def __init__(
         self,
         name: str,
-        stub_class: Callable[[grpc.Channel], Any],
+        stub_class: Callable[[grpc.Channel], StubT],
         config: EndpointConfig,
         on_retry: Callable[[str, grpc.StatusCode], None] | None = None,
         on_call: Callable[[str, str, float, bool], None] | None = None,
+        token: str | None = None,
     ) -> None:
         self.name = name
         self.config = config
-        options = [
-            ("grpc.max_send_message_length", config.max_message_mb * MIB),
-            ("grpc.max_receive_message_length", config.max_message_mb * MIB),
-            ("grpc.lb_policy_name", "round_robin"),  # spreads over every address a DNS name resolves to
-            *RECONNECT_OPTIONS,
-            *KEEPALIVE_OPTIONS,
-        ]
-        self._channels = [grpc.insecure_channel(address, options=options) for address in config.addresses]
-        self._stubs = [stub_class(channel) for channel in self._channels]
-        # The service's own token file, else $MODELYARD_SERVICE_TOKEN_FILE (one secret mounted for every service).
-        self._token = token_from(str(config.token_file) if config.token_file else None)
+        # The token given, else the service's own token file, else $MODELYARD_SERVICE_TOKEN_FILE (one secret
+        # mounted for every service); every call on these channels carries it.
+        token = token or token_from(str(config.token_file) if config.token_file else None)
+        self._channels = [channel(address, config.max_message_mb, token) for address in config.addresses]
+        self._stubs = [stub_class(chan) for chan in self._channels]
+        # Each stub's RPCs by name (a generated stub holds one multi-callable per method), for logs and metrics.
+        self._rpc_names = {id(method): rpc for stub in self._stubs for rpc, method in vars(stub).items()}
         # Connectivity of each replica's channel, kept current by gRPC (used only with several replicas).
         self._states = [grpc.ChannelConnectivity.IDLE] * len(self._channels)
         self._watchers: list[Callable[[grpc.ChannelConnectivity], None]] = []
@@ -137,17 +152,44 @@ class ServiceClient:
         self._next = itertools.count()
         self._on_retry = on_retry
         self._on_call = on_call
-        self.in_flight = threading.BoundedSemaphore(config.max_in_flight)
+        self.in_flight: AbstractContextManager[Any] = (
+            nullcontext() if config.max_in_flight is None else threading.BoundedSemaphore(config.max_in_flight)
+        )
         self._closed = False
 
-    def call(self, rpc: str, request: Any, request_id: str | None = None) -> Any:
-        """Call `rpc` until it succeeds or cannot; raises CallFailed."""
+    @property
+    def stub(self) -> StubT:
+        """The first replica's stub, for calls made directly (server-streaming ones), without retries."""
+        return self._stubs[0]
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._channels[0]
+
+    def rpc_name(self, select: Callable[[StubT], Any]) -> str:
+        """The method `select` picks, e.g. "Segment"."""
+        name = self._rpc_names.get(id(select(self._stubs[0])))
+        if name is None:
+            raise TypeError(f"{select!r} does not pick an RPC of the {self.name} stub")
+        return name
+
+    def call(
+        self,
+        select: Callable[[StubT], Any],
+        request: Any,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call the RPC `select` picks until it succeeds or cannot (at most `timeout` seconds in all when given,
+        else the policy's max_total_s); raises CallFailed."""
+        rpc = self.rpc_name(select)
         request_id = request_id or uuid.uuid4().hex
-        metadata = ((REQUEST_ID, request_id), *bearer_metadata(self._token))
+        metadata = ((REQUEST_ID, request_id),)
         start = next(self._next)
         cfg = self.config
+        total = cfg.max_total_s if timeout is None else min(timeout, cfg.max_total_s)
         attempts = 0
-        stop: stop_base = stop_after_delay(cfg.max_total_s)
+        stop: stop_base = stop_after_delay(total)
         if cfg.max_attempts is not None:
             stop = stop | stop_after_attempt(cfg.max_attempts)
         retrying = Retrying(
@@ -166,11 +208,14 @@ class ServiceClient:
                 for attempt in retrying:
                     with attempt:
                         attempts += 1
-                        # No attempt outlives max_total_s: it is what bounds the call, waits included.
-                        timeout = min(cfg.attempt_timeout_s, max(cfg.max_total_s - (time.monotonic() - started), 0.1))
+                        # No attempt outlives the call's total time: it is what bounds the call, waits included.
+                        left = max(total - (time.monotonic() - started), 0.1)
                         stub = self._stubs[self._replica(start + attempts - 1)]  # failover: the next replica
-                        call = getattr(stub, rpc).future(
-                            request, timeout=timeout, metadata=metadata, wait_for_ready=True
+                        call = select(stub).future(
+                            request,
+                            timeout=min(cfg.attempt_timeout_s, left),
+                            metadata=metadata,
+                            wait_for_ready=cfg.wait_for_ready,
                         )
                         with cancel.tracking(call):  # `jobs cancel` and shutdown cancel it in flight
                             response = call.result()

@@ -1,7 +1,7 @@
 """Cancelling a job's work in flight: its service calls are cancelled, its retry back-offs cut short.
 
 A job's worker threads run with their job's `Cancellation` as the current one (a context variable), so the
-service clients (gateway/calls.py) can register each call with it without every pipeline passing it along.
+service clients (runtime/calls.py) can register each call with it without every pipeline passing it along.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Gateway → service calls: what is retried, what is not, failover, deadlines, one request id per call."""
+"""Calls to services, the gateway's and every service client's: what is retried, what is not, failover, deadlines,
+one request id per call, RPCs picked from the stub."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from modelyard.gateway import cancel
-from modelyard.gateway.calls import CallFailed, EndpointConfig, ServiceClient
+from modelyard.runtime import cancel
+from modelyard.runtime.calls import CallFailed, EndpointConfig, ServiceClient
 from modelyard.runtime.launch import free_port
 from modelyard.v1 import echo_pb2, echo_pb2_grpc
 
@@ -75,7 +76,7 @@ def test_retryable_codes_are_retried_with_the_same_request_id(code: grpc.StatusC
     servicer = Flaky(code, failures=2)
     server, address = serve(servicer)
     try:
-        assert client(address).call("Echo", echo_pb2.EchoRequest(), request_id="item-7") is not None
+        assert client(address).call(lambda stub: stub.Echo, echo_pb2.EchoRequest(), request_id="item-7") is not None
         assert servicer.request_ids == ["item-7"] * 3
     finally:
         server.stop(0)
@@ -89,8 +90,8 @@ def test_other_codes_fail_at_once_with_the_services_message(code: grpc.StatusCod
     server, address = serve(servicer)
     try:
         with pytest.raises(CallFailed) as err:
-            client(address).call("Echo", echo_pb2.EchoRequest())
-        assert err.value.code == code and err.value.attempts == 1
+            client(address).call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
+        assert err.value.code() == code and err.value.attempts == 1
         assert err.value.message == f"simulated {code.name}"
         assert len(servicer.request_ids) == 1
     finally:
@@ -106,7 +107,7 @@ def test_a_call_of_a_cancelled_job_is_not_retried() -> None:
         threading.Timer(0.3, scope.set).start()
         started = time.monotonic()
         with pytest.raises(grpc.FutureCancelledError):
-            client(address).call("Echo", echo_pb2.EchoRequest())
+            client(address).call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
         assert time.monotonic() - started < 1.5 and len(servicer.request_ids) == 1
     finally:
         cancel.current.reset(token)
@@ -120,8 +121,8 @@ def test_a_call_cut_short_by_closing_its_client_is_not_retried() -> None:
     try:
         threading.Timer(0.3, echo.close).start()
         with pytest.raises(CallFailed) as err:
-            echo.call("Echo", echo_pb2.EchoRequest())
-        assert err.value.code == grpc.StatusCode.CANCELLED and err.value.attempts == 1
+            echo.call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
+        assert err.value.code() == grpc.StatusCode.CANCELLED and err.value.attempts == 1
         assert len(servicer.request_ids) == 1
     finally:
         server.stop(0)
@@ -131,8 +132,8 @@ def test_retries_are_bounded_by_attempts(flaky: tuple[Flaky, str]) -> None:
     servicer, address = flaky
     servicer.failures = 100
     with pytest.raises(CallFailed) as err:
-        client(address, max_attempts=4).call("Echo", echo_pb2.EchoRequest())
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.attempts == 4
+        client(address, max_attempts=4).call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and err.value.attempts == 4
 
 
 def test_retries_are_bounded_by_total_time(flaky: tuple[Flaky, str]) -> None:
@@ -140,7 +141,7 @@ def test_retries_are_bounded_by_total_time(flaky: tuple[Flaky, str]) -> None:
     servicer.failures = 10_000
     started = time.monotonic()
     with pytest.raises(CallFailed):
-        client(address, max_attempts=10_000, max_total_s=0.5).call("Echo", echo_pb2.EchoRequest())
+        client(address, max_attempts=10_000, max_total_s=0.5).call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
     assert time.monotonic() - started < 3
 
 
@@ -148,7 +149,7 @@ def test_each_attempt_has_its_own_deadline() -> None:
     servicer = Flaky(grpc.StatusCode.UNAVAILABLE, failures=1, sleep_s=1.0)  # the first call hangs past its deadline
     server, address = serve(servicer)
     try:
-        assert client(address, attempt_timeout_s=0.3).call("Echo", echo_pb2.EchoRequest()) is not None
+        assert client(address, attempt_timeout_s=0.3).call(lambda stub: stub.Echo, echo_pb2.EchoRequest()) is not None
         assert len(servicer.request_ids) == 2
     finally:
         server.stop(0)
@@ -160,7 +161,7 @@ def test_a_dead_replica_fails_over_to_a_live_one(flaky: tuple[Flaky, str]) -> No
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     echo = client(dead, address)
     for _ in range(4):
-        assert echo.call("Echo", echo_pb2.EchoRequest()) is not None
+        assert echo.call(lambda stub: stub.Echo, echo_pb2.EchoRequest()) is not None
     assert len(servicer.request_ids) == 4
 
 
@@ -180,7 +181,7 @@ def test_a_call_made_while_the_service_is_down_waits_for_it_and_succeeds_in_one_
 
     threading.Thread(target=come_back).start()
     try:
-        assert echo.call("Echo", echo_pb2.EchoRequest(), request_id="while-down") is not None
+        assert echo.call(lambda stub: stub.Echo, echo_pb2.EchoRequest(), request_id="while-down") is not None
         assert retries == [] and servicer.request_ids == ["while-down"]
     finally:
         echo.close()
@@ -192,14 +193,17 @@ def test_without_max_attempts_the_total_time_bounds_the_retries(flaky: tuple[Fla
     servicer.failures = 10_000
     assert EndpointConfig(addresses=[address]).max_attempts is None
     with pytest.raises(CallFailed) as err:
-        client(address, max_total_s=1.0).call("Echo", echo_pb2.EchoRequest())
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.attempts > 10  # well past the old cap
+        client(address, max_total_s=1.0).call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and err.value.attempts > 10  # well past the old cap
 
 
 def test_a_token_file_sends_the_bearer_token_on_every_attempt(tmp_path: Path, flaky: tuple[Flaky, str]) -> None:
     servicer, address = flaky
     (tmp_path / "token").write_text("s3cret\n")
-    assert client(address, token_file=str(tmp_path / "token")).call("Echo", echo_pb2.EchoRequest()) is not None
+    assert (
+        client(address, token_file=str(tmp_path / "token")).call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
+        is not None
+    )
     assert servicer.authorizations == ["Bearer s3cret"] * 3  # two refused attempts, then the answer
 
 
@@ -212,16 +216,42 @@ def test_a_replica_that_comes_back_gets_calls_again() -> None:
     echo_pb2_grpc.add_EchoServicer_to_server(returning, back)
     try:
         for _ in range(4):
-            assert echo.call("Echo", echo_pb2.EchoRequest()) is not None  # the live one answers meanwhile
+            assert (
+                echo.call(lambda stub: stub.Echo, echo_pb2.EchoRequest()) is not None
+            )  # the live one answers meanwhile
         assert returning.request_ids == [] and len(live.request_ids) == 4
         assert back.add_insecure_port(f"127.0.0.1:{port}") == port
         back.start()
         deadline = time.monotonic() + 30
         while not returning.request_ids and time.monotonic() < deadline:
-            echo.call("Echo", echo_pb2.EchoRequest())
+            echo.call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
             time.sleep(0.05)
         assert returning.request_ids, "the replica that came back never got a call"
     finally:
         echo.close()
         server.stop(0)
         back.stop(0)
+
+
+def test_an_rpc_is_picked_from_the_stub_and_a_wrong_pick_is_refused(flaky: tuple[Flaky, str]) -> None:
+    _, address = flaky
+    echo = client(address)
+    try:
+        assert echo.rpc_name(lambda stub: stub.Info) == "Info"
+        with pytest.raises(TypeError, match="does not pick an RPC of the echo stub"):
+            echo.call(lambda stub: print, echo_pb2.EchoRequest())
+    finally:
+        echo.close()
+
+
+def test_a_call_failure_is_a_grpc_error_with_the_services_status(flaky: tuple[Flaky, str]) -> None:
+    _, address = flaky
+    echo = client(address, max_attempts=1)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            echo.call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert err.value.details() == "simulated UNAVAILABLE"  # type: ignore[attr-defined]
+        assert str(err.value) == "echo: UNAVAILABLE: simulated UNAVAILABLE"
+    finally:
+        echo.close()
