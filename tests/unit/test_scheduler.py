@@ -112,9 +112,9 @@ class Picky(Recorder):
     """A model for which negative items are bad: it puts an exception in a bad item's slot or, with `raises`,
     raises it for the whole batch. Every batch it is given is recorded, whatever it then does."""
 
-    def __init__(self, error: Callable[[int], BaseException] = InvalidInput, raises: bool = False) -> None:
+    def __init__(self, error: Callable[[int], BaseException] | None = None, raises: bool = False) -> None:
         super().__init__()
-        self.error = error
+        self.error = error or (lambda x: InvalidInput(f"item {x} is bad"))
         self.raises = raises
 
     def __call__(self, batch: list[int]) -> list[int | BaseException]:
@@ -128,7 +128,7 @@ class Picky(Recorder):
 
 def batched(model: Recorder, *calls: list[int], on_fatal: Callable[[BaseException], None] | None = None):
     """Submit `calls` while the model is busy with another, so that they reach it together in one batch;
-    returns their futures once the model is free again, and leaves that first call's batch out of the record."""
+    returns their futures, all settled, and leaves that first call's batch out of the model's record."""
     model.gate.clear()
     s = Scheduler(model, MemoryGovernor("cpu", 8), 8, 8, batch_wait_ms=50, on_fatal=on_fatal)
     s.start()
@@ -146,7 +146,7 @@ def test_an_exception_in_one_calls_slot_reaches_that_call_only() -> None:
     model = Picky()
     bad, good = batched(model, [-1], [2, 3])
     (slot,) = bad.result(5)
-    assert isinstance(slot, InvalidInput)
+    assert isinstance(slot, InvalidInput) and slot.message == "item -1 is bad"
     assert good.result(5) == [102, 103]
     assert model.batches == [[-1, 2, 3]]  # one batch held both calls, and the model ran it once
 
