@@ -2,8 +2,18 @@
 
 Like Triton's Python-backend `model.py` or KServe's `Model`: an adapter owns only the model. It never sees
 gRPC, queues, threads or health. `infer` maps a list of items to a list of results of the same length and
-order; a per-item problem goes into that item's slot as an exception (e.g. InvalidInput), and anything
-raised fails the whole call.
+order; a per-item problem goes into that item's slot as an exception (e.g. InvalidInput).
+
+What callers see:
+- A call's items succeed or fail together: an exception in any of a call's slots fails that call with that
+  exception's status (an InvalidInput's message prefixed "item i: " when the call held several items). Callers
+  that want items to fail independently send them in separate calls (the gateway sends each of its items in
+  calls of their own), and the scheduler still batches those calls together.
+- A slot exception never affects other calls batched with it.
+- When `infer` raises for a batch that holds several calls, the runtime runs each call again on its own, so the
+  error reaches only the call(s) that cause it; the others get their results. Errors that concern the whole
+  batch go to every call in it at once: FatalModelError (a broken CUDA context; the service then turns
+  NOT_SERVING), Cancelled, and ResourceExhausted (out of memory even at batch 1).
 """
 
 from __future__ import annotations
@@ -42,7 +52,12 @@ class ModelAdapter(ABC, Generic[ConfigT, ItemT, ResultT]):
 
     @abstractmethod
     def infer(self, items: list[ItemT]) -> list[ResultT | Exception]:
-        """Run the model on `items` (already validated). Results hold host (numpy) data only."""
+        """Run the model on `items` (already validated). Results hold host (numpy) data only.
+
+        Return one result per item, in order; an item's own problem goes in its slot as an exception, which
+        fails only the call that sent that item. Anything raised fails the whole list; when the list holds the
+        items of several calls, the runtime runs each call again on its own, so the error reaches only the
+        call(s) behind it (FatalModelError, Cancelled and ResourceExhausted go to every call at once)."""
 
     def info(self) -> dict[str, Any]:
         """Fields for ModelInfo: model, backend, checkpoint, checkpoint_sha256, architecture, details,

@@ -49,7 +49,10 @@ class EchoAdapter(ModelAdapter[EchoConfig, EchoItem, np.ndarray]):
             raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
         if echo_pb2.ECHO_FAULT_OUT_OF_MEMORY in faults:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 588.00 MiB (simulated)")
-        return [item.array for item in items]
+        if echo_pb2.ECHO_FAULT_RAISE in faults:
+            raise ValueError("the model failed on this batch (simulated)")
+        invalid = echo_pb2.ECHO_FAULT_INVALID_ITEM  # in its item's slot: the other items keep their results
+        return [InvalidInput("this item is invalid (simulated)") if i.fault == invalid else i.array for i in items]
 
     def info(self) -> dict[str, Any]:
         return {"model": "echo (no-op)", "backend": "modelyard.runtime"}

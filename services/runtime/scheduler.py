@@ -4,6 +4,12 @@ gRPC threads submit work and wait; the model thread takes requests in order, gat
 batch (up to max_batch_size items, waiting at most batch_wait_ms), drops work whose caller has gone, and runs
 the batch through the memory governor. A full queue answers RESOURCE_EXHAUSTED at once (back-pressure).
 
+Calls batched together do not fail each other. Each call gets its own slice of the results, so an exception in
+one call's slot reaches that call only. When the model raises for a batch of several calls, each call runs again
+on its own (a call whose caller has gone is dropped), so the error reaches only the call(s) that cause it. Errors
+that concern the whole batch go to every call in it at once: FatalModelError (the CUDA context is broken; it
+also calls on_fatal), Cancelled, and ResourceExhausted (out of memory even at batch 1).
+
 When the model is idle, nothing is queued and no batching window is set, the calling thread runs the model
 itself: the hand-off to the model thread and back costs ~0.2 ms per call, a third of a small request's latency.
 One lock keeps the model to one caller at a time either way.
@@ -24,6 +30,11 @@ from modelyard.runtime.errors import Cancelled, FatalModelError, ResourceExhaust
 from modelyard.runtime.governor import MemoryGovernor
 
 log = logging.getLogger("modelyard.runtime")
+
+# Errors about the batch as a whole rather than any call in it: running the calls one by one would not spare
+# any of them (a broken CUDA context, callers gone or a deadline passed; out of memory, which the governor
+# already answers by halving the batch down to 1 before it raises ResourceExhausted).
+_WHOLE_BATCH = (FatalModelError, Cancelled, ResourceExhausted)
 
 
 @dataclass
@@ -122,24 +133,52 @@ class Scheduler:
                     if work.alive():
                         live.append(work)
                     else:
-                        work.future.set_exception(Cancelled("the caller went away before the model started"))
+                        _drop(work)
                 if live:
                     self._run(live)
 
     def _run(self, batch: list[Work]) -> None:
-        items = [item for work in batch for item in work.items]
         started = time.monotonic()
         if self._on_batch:
-            self._on_batch(len(items), started - min(w.enqueued for w in batch))
+            self._on_batch(sum(len(w.items) for w in batch), started - min(w.enqueued for w in batch))
         try:
-            results = self._governor.run(self._infer, items, alive=lambda: any(w.alive() for w in batch))
-        except BaseException as exc:  # the whole batch failed; every caller gets the error
-            if isinstance(exc, FatalModelError) and self._on_fatal:
-                self._on_fatal(exc)
-            for work in batch:
-                work.future.set_exception(exc)
+            results = self._model(batch)
+        except BaseException as exc:
+            if len(batch) > 1 and not isinstance(exc, _WHOLE_BATCH):
+                self._run_each(batch)
+            else:
+                self._fail(batch, exc)
             return
         offset = 0
-        for work in batch:
+        for work in batch:  # each call its own slice: an exception in one call's slot stays with that call
             work.future.set_result(results[offset : offset + len(work.items)])
             offset += len(work.items)
+
+    def _run_each(self, batch: list[Work]) -> None:
+        """The model raised for a batch of several calls. One call's items may be what made it raise, so each
+        call runs again on its own: the error reaches only the call(s) that cause it, the others get results."""
+        for index, work in enumerate(batch):
+            if not work.alive():
+                _drop(work)
+                continue
+            try:
+                work.future.set_result(self._model([work]))
+            except FatalModelError as exc:  # the model can no longer run: the calls left cannot run either
+                self._fail(batch[index:], exc)
+                return
+            except BaseException as exc:
+                self._fail([work], exc)
+
+    def _model(self, batch: list[Work]) -> list[Any]:
+        items = [item for work in batch for item in work.items]
+        return self._governor.run(self._infer, items, alive=lambda: any(w.alive() for w in batch))
+
+    def _fail(self, batch: list[Work], exc: BaseException) -> None:
+        if isinstance(exc, FatalModelError) and self._on_fatal:
+            self._on_fatal(exc)
+        for work in batch:
+            work.future.set_exception(exc)
+
+
+def _drop(work: Work) -> None:
+    work.future.set_exception(Cancelled("the caller went away before the model started"))

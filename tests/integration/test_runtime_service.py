@@ -243,6 +243,30 @@ def test_concurrent_calls_are_batched_when_a_batch_window_is_set(tmp_path: Path)
         assert metric(service, "modelyard_batch_size_sum") > metric(service, "modelyard_batch_size_count")
 
 
+def test_calls_batched_together_fail_only_for_their_own_items(tmp_path: Path) -> None:
+    with echo_service(tmp_path, runtime={"max_batch_size": 8, "batch_wait_ms": 200}) as service:
+        with grpc.insecure_channel(service.address) as chan:
+            stub = echo_pb2_grpc.EchoStub(chan)
+            busy = stub.Echo.future(request(delay=1.5), timeout=30)
+            time.sleep(0.5)  # the model is busy with it: the calls below wait together for the next batch
+            good = [stub.Echo.future(request(size=n), timeout=30) for n in (1, 2, 3)]
+            invalid = stub.Echo.future(request(fault=echo_pb2.ECHO_FAULT_INVALID_ITEM), timeout=30)
+            raising = stub.Echo.future(request(fault=echo_pb2.ECHO_FAULT_RAISE), timeout=30)
+            assert busy.result().array.inline.shape == [4]
+            for n, call in zip((1, 2, 3), good, strict=True):
+                assert np.array_equal(tensor_to_numpy(call.result().array, SHM_DIR), np.arange(n, dtype=np.float32))
+            with pytest.raises(grpc.RpcError) as err:
+                invalid.result()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "invalid (simulated)" in err.value.details()
+            with pytest.raises(grpc.RpcError) as err:
+                raising.result()
+            assert err.value.code() == grpc.StatusCode.INTERNAL and "ValueError" in err.value.details()
+            assert health(service.address) == SERVING
+        # Each call holds one item: the one batch of 5 to 8 items held all five calls, good and faulty together.
+        bucket = "modelyard_batch_size_bucket{le="
+        assert metric(service, bucket + '"8.0"') - metric(service, bucket + '"4.0"') == 1
+
+
 def test_info_reports_the_runtime_state(stub) -> None:
     info = stub.Info(types_pb2.InfoRequest(), timeout=10)
     assert info.service == "echo" and info.details["state"] == "ready" and info.fitted_batch_size == 1

@@ -15,19 +15,19 @@ _sym_db = _symbol_database.Default()
 from modelyard.v1 import types_pb2 as modelyard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17modelyard/v1/echo.proto\x12\x0cmodelyard.v1\x1a\x18modelyard/v1/types.proto\"\xa4\x01\n\x0b\x45\x63hoRequest\x12#\n\x05\x61rray\x18\x01 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12\x15\n\rdelay_seconds\x18\x02 \x01(\x02\x12\x31\n\routput_region\x18\x03 \x01(\x0b\x32\x1a.modelyard.v1.OutputRegion\x12&\n\x05\x66\x61ult\x18\x04 \x01(\x0e\x32\x17.modelyard.v1.EchoFault\"3\n\x0c\x45\x63hoResponse\x12#\n\x05\x61rray\x18\x01 \x01(\x0b\x32\x14.modelyard.v1.Tensor*T\n\tEchoFault\x12\x13\n\x0f\x45\x43HO_FAULT_NONE\x10\x00\x12\x1c\n\x18\x45\x43HO_FAULT_OUT_OF_MEMORY\x10\x01\x12\x14\n\x10\x45\x43HO_FAULT_FATAL\x10\x02\x32\x81\x01\n\x04\x45\x63ho\x12=\n\x04\x45\x63ho\x12\x19.modelyard.v1.EchoRequest\x1a\x1a.modelyard.v1.EchoResponse\x12:\n\x04Info\x12\x19.modelyard.v1.InfoRequest\x1a\x17.modelyard.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17modelyard/v1/echo.proto\x12\x0cmodelyard.v1\x1a\x18modelyard/v1/types.proto\"\xa4\x01\n\x0b\x45\x63hoRequest\x12#\n\x05\x61rray\x18\x01 \x01(\x0b\x32\x14.modelyard.v1.Tensor\x12\x15\n\rdelay_seconds\x18\x02 \x01(\x02\x12\x31\n\routput_region\x18\x03 \x01(\x0b\x32\x1a.modelyard.v1.OutputRegion\x12&\n\x05\x66\x61ult\x18\x04 \x01(\x0e\x32\x17.modelyard.v1.EchoFault\"3\n\x0c\x45\x63hoResponse\x12#\n\x05\x61rray\x18\x01 \x01(\x0b\x32\x14.modelyard.v1.Tensor*\x87\x01\n\tEchoFault\x12\x13\n\x0f\x45\x43HO_FAULT_NONE\x10\x00\x12\x1c\n\x18\x45\x43HO_FAULT_OUT_OF_MEMORY\x10\x01\x12\x14\n\x10\x45\x43HO_FAULT_FATAL\x10\x02\x12\x1b\n\x17\x45\x43HO_FAULT_INVALID_ITEM\x10\x03\x12\x14\n\x10\x45\x43HO_FAULT_RAISE\x10\x04\x32\x81\x01\n\x04\x45\x63ho\x12=\n\x04\x45\x63ho\x12\x19.modelyard.v1.EchoRequest\x1a\x1a.modelyard.v1.EchoResponse\x12:\n\x04Info\x12\x19.modelyard.v1.InfoRequest\x1a\x17.modelyard.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelyard.v1.echo_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_ECHOFAULT']._serialized_start=287
-  _globals['_ECHOFAULT']._serialized_end=371
+  _globals['_ECHOFAULT']._serialized_start=288
+  _globals['_ECHOFAULT']._serialized_end=423
   _globals['_ECHOREQUEST']._serialized_start=68
   _globals['_ECHOREQUEST']._serialized_end=232
   _globals['_ECHORESPONSE']._serialized_start=234
   _globals['_ECHORESPONSE']._serialized_end=285
-  _globals['_ECHO']._serialized_start=374
-  _globals['_ECHO']._serialized_end=503
+  _globals['_ECHO']._serialized_start=426
+  _globals['_ECHO']._serialized_end=555
 # @@protoc_insertion_point(module_scope)

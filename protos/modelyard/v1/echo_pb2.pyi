@@ -11,9 +11,13 @@ class EchoFault(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ECHO_FAULT_NONE: _ClassVar[EchoFault]
     ECHO_FAULT_OUT_OF_MEMORY: _ClassVar[EchoFault]
     ECHO_FAULT_FATAL: _ClassVar[EchoFault]
+    ECHO_FAULT_INVALID_ITEM: _ClassVar[EchoFault]
+    ECHO_FAULT_RAISE: _ClassVar[EchoFault]
 ECHO_FAULT_NONE: EchoFault
 ECHO_FAULT_OUT_OF_MEMORY: EchoFault
 ECHO_FAULT_FATAL: EchoFault
+ECHO_FAULT_INVALID_ITEM: EchoFault
+ECHO_FAULT_RAISE: EchoFault
 
 class EchoRequest(_message.Message):
     __slots__ = ("array", "delay_seconds", "output_region", "fault")
