@@ -36,7 +36,6 @@ from modelyard.biomedclip.preprocess import to_frame
 from modelyard.biomedclip.servicer import localize_settings
 from modelyard.demo.samples import write_medvqa_inputs
 from modelyard.gateway import files
-from modelyard.runtime.calls import EndpointConfig, ServiceClient
 from modelyard.gateway.client import GatewayClient
 from modelyard.gateway.datarefs import DataVolumeProbe
 from modelyard.gateway.pipeline import StepContext
@@ -45,6 +44,7 @@ from modelyard.gateway.server import STUBS
 from modelyard.medsam.config import MedSAMConfig
 from modelyard.medsam.model import MedSAMAdapter, SegmentItem
 from modelyard.medsam.preprocess import resize_normalise, to_rgb_uint8
+from modelyard.runtime.calls import EndpointConfig, ServiceClient
 from modelyard.runtime.render import CYAN, as_rgb_uint8, overlay_masks
 
 OPTIONS = {"MODE": "inference", "STAGE": "segmentation", "TOPK": str(TOP_K)}
