@@ -6,7 +6,8 @@
 Whole files carry a header saying they are generated; in files people also edit by hand, the generated part lies
 between `# >>> generated ...` and `# <<< generated ...` lines, and only that part is rewritten:
 
-  deploy/Dockerfile                      one image stage per service (`base` ones before the torch layers)
+  deploy/Dockerfile                      one image stage per service (`base` ones before the torch layers), and
+                                         the `<name>-upstream` stages (`upstream_image:`), last
   docker-compose.yml, docker-compose.gpu.yml, deploy/swarm/docker-stack.yml    one entry per service
   deploy/config/gateway.yaml, deploy/swarm/gateway.yaml, deploy/k8s/base/config/gateway.yaml   the services
   deploy/compose/tiny/<name>.yaml, gateway.yaml   copies of deploy/config's (tiny_config: copy)
@@ -65,18 +66,43 @@ def replace_block(text: str, block: str, body: str, path: str, source: str = SOU
 def image_stage(m: ServiceManifest) -> str:
     comment = "".join(f"# {line}".rstrip() + "\n" for line in m.image.comment.splitlines())
     install = m.image.install or f"pip-install main -r /tmp/requirements/{m.name}.txt"
-    grpc, metrics = m.ports.grpc, m.ports.metrics
     return (
         f"{comment}FROM {m.image.base} AS {m.name}\n"
         "ARG WHEELS=\n"
         "ARG PIP_INDEX_URL\n"
         f"COPY deploy/docker/requirements/{m.name}.txt /tmp/requirements/\n"
         f"RUN {install}\n"
+        + _serving(m, m.image.start_period_s)
+    )
+
+
+def upstream_stage(m: ServiceManifest) -> str:
+    """`<name>-upstream`: its requirement list over the service's image, or over the torch layers as a whole
+    service image of its own."""
+    assert m.upstream_image is not None
+    up = m.upstream_image
+    comment = "".join(f"# {line}".rstrip() + "\n" for line in up.comment.splitlines())
+    install = (
+        "ARG WHEELS=\n"
+        "ARG PIP_INDEX_URL\n"
+        f"COPY deploy/docker/requirements/{m.name}-upstream.txt /tmp/requirements/\n"
+        f"RUN pip-install main,upstream -r /tmp/requirements/{m.name}-upstream.txt\n"
+    )
+    if up.over == "service":
+        return f"{comment}FROM {m.name} AS {m.name}-upstream\nUSER root\n{install}USER 10001:10001\n"
+    start_period = m.image.start_period_s if up.start_period_s is None else up.start_period_s
+    return f"{comment}FROM runtime AS {m.name}-upstream\n{install}" + _serving(m, start_period)
+
+
+def _serving(m: ServiceManifest, start_period_s: int) -> str:
+    """The end of a service image: modelyard itself, the user, ports, health and the serve command."""
+    grpc, metrics = m.ports.grpc, m.ports.metrics
+    return (
         "COPY --from=source /tmp/modelyard-src /tmp/modelyard-src\n"
         "RUN pip-install main --no-deps /tmp/modelyard-src && rm -rf /tmp/modelyard-src\n"
         "USER 10001:10001\n"
         f"EXPOSE {grpc} {metrics}\n"
-        f"HEALTHCHECK --interval=10s --timeout=5s --start-period={m.image.start_period_s}s --retries=3 \\\n"
+        f"HEALTHCHECK --interval=10s --timeout=5s --start-period={start_period_s}s --retries=3 \\\n"
         f'    CMD ["modelyard", "health", "--address", "127.0.0.1:{grpc}"]\n'
         'ENTRYPOINT ["modelyard"]\n'
         f"CMD {_serve_command(m)}\n"
@@ -93,7 +119,8 @@ def dockerfile(text: str, services: list[ServiceManifest]) -> str:
     for base in ("base", "runtime"):
         stages = [image_stage(m) for m in services if m.image.base == base]
         text = replace_block(text, f"images on {base}", "\n".join(stages), "deploy/Dockerfile")
-    return text
+    upstream = [upstream_stage(m) for m in services if m.upstream_image is not None]
+    return replace_block(text, "upstream images", "\n".join(upstream), "deploy/Dockerfile")
 
 
 # -- compose and Swarm ---------------------------------------------------------------------------------------------
@@ -359,6 +386,7 @@ def makefile(text: str, services: list[ServiceManifest]) -> str:
 
 def extras_layers(text: str, services: list[ServiceManifest]) -> str:
     body = "".join(f'    "{m.name}": (["{m.extra}"], {m.environment == "own"}),\n' for m in services)
+    body += "".join(f'    "{m.name}-upstream": (["{m.name}-upstream"], False),\n' for m in services if m.upstream_image)
     return replace_block(text, "service layers", body, "deploy/docker/pyproject_extras.py")
 
 

@@ -38,9 +38,9 @@ LAYERS: dict[str, tuple[list[str], bool]] = {
     "medsam": (["medsam"], False),
     "tapip3d": (["tapip3d"], False),
     "wilor": (["wilor"], True),
-# <<< generated: service layers
     "tapip3d-upstream": (["tapip3d-upstream"], False),
     "wilor-upstream": (["wilor-upstream"], False),
+# <<< generated: service layers
 }
 HEADER = "# Generated from pyproject.toml by `make requirements` (deploy/docker/pyproject_extras.py): do not edit.\n"
 

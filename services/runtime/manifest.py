@@ -39,6 +39,18 @@ class Image(Strict):
     start_period_s: int = Field(300, ge=0, description="how long loading may take before health counts")
 
 
+class UpstreamImage(Strict):
+    """`<name>-upstream` (`make images-upstream`): the packages the official code imports (the `<name>-upstream`
+    extra), for `model.backend: upstream` with the user's checkout mounted; nothing of the checkout is in it."""
+
+    over: Literal["service", "runtime"] = Field(
+        description="service: over the service's own image; runtime: over the torch layers (the service's own "
+        "environment cannot hold the official code's packages)"
+    )
+    comment: str = Field("", description="what the image stage needs saying (written above the stage)")
+    start_period_s: int | None = Field(None, ge=0, description="loading time before health counts (over: runtime)")
+
+
 class Memory(Strict):
     fallback_mb: tuple[int, int] = Field(
         description="(fixed MiB, MiB per batch item) with the published checkpoints, for the planner when a "
@@ -67,6 +79,7 @@ class ServiceManifest(Strict):
     )
     ports: Ports = Ports()
     image: Image = Image()
+    upstream_image: UpstreamImage | None = None
     memory: Memory
     swarm_replicas: int = Field(1, ge=0, description="replicas on Docker Swarm by default")
 
