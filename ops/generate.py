@@ -71,8 +71,7 @@ def image_stage(m: ServiceManifest) -> str:
         "ARG WHEELS=\n"
         "ARG PIP_INDEX_URL\n"
         f"COPY deploy/docker/requirements/{m.name}.txt /tmp/requirements/\n"
-        f"RUN {install}\n"
-        + _serving(m, m.image.start_period_s)
+        f"RUN {install}\n" + _serving(m, m.image.start_period_s)
     )
 
 
