@@ -42,3 +42,15 @@ def test_every_problem_is_listed_at_once_with_the_value_given(tmp_path: Path) ->
     message = refusal(tmp_path, {"workers": 0, "drain_secs": 5})
     assert "'workers': Input should be greater than or equal to 1 (got 0)" in message
     assert "unknown key 'drain_secs' — did you mean 'drain_seconds'?" in message
+
+
+def test_the_gateway_knows_every_installed_model_service_by_its_manifest() -> None:
+    from modelyard.gateway.pipelines import STUBS
+    from modelyard.runtime.manifest import installed_manifests
+    from modelyard.v1 import medsam_pb2_grpc
+
+    manifests = installed_manifests()
+    assert sorted(STUBS) == [m.name for m in manifests]
+    for manifest in manifests:
+        assert STUBS[manifest.name].__name__ == manifest.proto_service.rsplit(".", 1)[1] + "Stub"
+    assert STUBS["medsam"] is medsam_pb2_grpc.MedSAMStub
