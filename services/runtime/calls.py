@@ -2,13 +2,12 @@
 replica failover, one request id, typed RPCs.
 
 Retries (tenacity) only for codes that can succeed later: UNAVAILABLE (restarting, draining), DEADLINE_EXCEEDED,
-RESOURCE_EXHAUSTED (queue full, out of memory), ABORTED, and a CANCELLED the gateway did not ask for: a replica that
+RESOURCE_EXHAUSTED (queue full, out of memory), ABORTED, and a CANCELLED the caller did not ask for: a replica that
 shuts down (a rolling update) cancels calls its server had received but not yet started (grpc/grpc#41785); the
 caller's own cancels (runtime.cancel) end a call with FutureCancelledError instead, and a closed client retries
-nothing. Exponential
-backoff with jitter, bounded by total time (`max_total_s`; `max_attempts` only when set); each attempt has its own
-deadline and goes to the next replica; every attempt carries the same x-request-id. INVALID_ARGUMENT and other codes
-fail at once, with the service's message.
+nothing. Exponential backoff with jitter, bounded by total time (`max_total_s`; `max_attempts` only when set); each
+attempt has its own deadline and goes to the next replica; every attempt carries the same x-request-id.
+INVALID_ARGUMENT and other codes fail at once, with the service's message.
 
 A service that is down (killed, restarting) is waited for within each attempt's deadline (`wait_for_ready`) rather
 than failed fast, and the channels reconnect within a second of its return (RECONNECT_OPTIONS). With several

@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from modelyard.runtime import cancel
-from modelyard.runtime.calls import CallFailed, EndpointConfig, ServiceClient
+from modelyard.runtime.calls import CallFailed, EndpointConfig, RetryPolicy, ServiceClient
+from modelyard.runtime.client import ModelClient
 from modelyard.runtime.launch import free_port
 from modelyard.v1 import echo_pb2, echo_pb2_grpc
 
@@ -255,3 +256,36 @@ def test_a_call_failure_is_a_grpc_error_with_the_services_status(flaky: tuple[Fl
         assert str(err.value) == "echo: UNAVAILABLE: simulated UNAVAILABLE"
     finally:
         echo.close()
+
+
+class EchoClient(ModelClient):
+    service = "modelyard.v1.Echo"
+    stub_class = echo_pb2_grpc.EchoStub
+
+
+def test_a_service_client_retries_what_can_succeed_later_within_its_timeout() -> None:
+    servicer = Flaky(grpc.StatusCode.UNAVAILABLE, failures=2)
+    server, address = serve(servicer)
+    try:
+        with EchoClient(address, timeout=30) as echo:
+            assert echo.call(lambda stub: stub.Echo, echo_pb2.EchoRequest(), timeout=10) is not None
+        assert len(servicer.request_ids) == 3 and len(set(servicer.request_ids)) == 1  # one id, three attempts
+        with EchoClient(address, retry=RetryPolicy(max_attempts=1)) as once:
+            servicer.failures = 4
+            with pytest.raises(grpc.RpcError) as err:
+                once.call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert len(servicer.request_ids) == 4
+    finally:
+        server.stop(0)
+
+
+def test_a_service_client_does_not_retry_what_cannot_succeed() -> None:
+    servicer = Flaky(grpc.StatusCode.INVALID_ARGUMENT, failures=1)
+    server, address = serve(servicer)
+    try:
+        with EchoClient(address) as echo, pytest.raises(CallFailed) as err:
+            echo.call(lambda stub: stub.Echo, echo_pb2.EchoRequest())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.attempts == 1
+    finally:
+        server.stop(0)
