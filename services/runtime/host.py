@@ -153,7 +153,10 @@ class ModelHost:
     def run(self, items: list[Any], context: grpc.ServicerContext, progress: Progress | None = None) -> list[Any]:
         """Queue `items` for the model and wait for their results, honouring the caller's deadline.
         `progress`, when the items report to it, lets the model stop mid-item once the caller has gone."""
-        for event in self._events(items, context, progress or Progress(), inline=True):
+        future = self._submit(items, context, progress, inline=True)
+        if future.done():  # run on this thread, the model being idle: nothing to wait for
+            return self._results(future.result())
+        for event in self._wait_for(future, context, progress):
             if not isinstance(event, Update):
                 return event
         raise AssertionError("the events end with the results")  # pragma: no cover
@@ -169,30 +172,44 @@ class ModelHost:
     def _events(
         self, items: list[Any], context: grpc.ServicerContext, progress: Progress, inline: bool
     ) -> Iterator[Update | list[Any]]:
+        yield from self._wait_for(self._submit(items, context, progress, inline), context, progress)
+
+    def _submit(
+        self, items: list[Any], context: grpc.ServicerContext, progress: Progress | None, inline: bool
+    ) -> concurrent.futures.Future[list[Any]]:
         if self.state != State.READY or self.scheduler is None:
             raise NotReady(f"{self.spec.name} is {self.state.value}; retry shortly or on another replica")
         if not items:
             raise InvalidInput("the request holds no items")
         self.metrics.set_queue_depth(self.scheduler.depth)
-        progress.watch(context.is_active)
-        future = self.scheduler.submit(items, context.is_active, inline=inline)
-        # (run on this thread when the model was idle: done already, nothing to wait for)
-        results = future.result() if inline and future.done() else None
+        if progress is not None:
+            progress.watch(context.is_active)
+        return self.scheduler.submit(items, context.is_active, inline=inline)
+
+    def _wait_for(
+        self, future: concurrent.futures.Future[list[Any]], context: grpc.ServicerContext, progress: Progress | None
+    ) -> Iterator[Update | list[Any]]:
+        results = None
         try:
             while results is None:
                 results = self._wait(future, context, timeout=0.25)
-                update = progress.take()
+                update = progress.take() if progress is not None else None
                 if update is not None:
                     yield update
         finally:
-            if results is None:  # the caller went away (or the stream was closed): stop the model's work
-                progress.cancel()
+            if results is None and progress is not None:  # the caller went away (or the stream was closed)
+                progress.cancel()  # stop the model's work
+        yield self._results(results)
+
+    @staticmethod
+    def _results(results: list[Any]) -> list[Any]:
+        """The call's results, or the first item error as the call's (see runtime.adapter)."""
         for index, result in enumerate(results):
             if isinstance(result, Exception):
                 if isinstance(result, InvalidInput) and len(results) > 1:
                     raise InvalidInput(f"item {index}: {result.message}")
                 raise result
-        yield results
+        return results
 
     @staticmethod
     def _wait(

@@ -3,6 +3,7 @@ errors mapped to gRPC status in one place."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -121,12 +122,18 @@ class _Sized(NamedTuple):
 REQUEST_LOG = RequestLog(log)
 
 
+# Ids for calls that bring none: this process's random prefix and a counter (unique without a getrandom call
+# per request; an id only has to tell calls apart, not be unguessable).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
 def request_id_of(context: grpc.ServicerContext) -> str:
-    """The caller's x-request-id, or a new random one."""
+    """The caller's x-request-id, or a new one."""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID and value:
             return str(value)
-    return os.urandom(16).hex()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class _Call:
