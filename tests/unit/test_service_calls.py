@@ -146,6 +146,15 @@ def test_retries_are_bounded_by_total_time(flaky: tuple[Flaky, str]) -> None:
     assert time.monotonic() - started < 3
 
 
+def test_a_calls_own_timeout_bounds_its_retries(flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    servicer.failures = 10_000
+    started = time.monotonic()
+    with pytest.raises(CallFailed):
+        client(address, max_total_s=900).call(lambda stub: stub.Echo, echo_pb2.EchoRequest(), timeout=0.5)
+    assert time.monotonic() - started < 3 and len(servicer.request_ids) > 1  # retried, then gave up in time
+
+
 def test_each_attempt_has_its_own_deadline() -> None:
     servicer = Flaky(grpc.StatusCode.UNAVAILABLE, failures=1, sleep_s=1.0)  # the first call hangs past its deadline
     server, address = serve(servicer)
