@@ -60,10 +60,10 @@ def dtype_name(dtype: np.dtype) -> str:
     return _DTYPE_NAMES.get(dtype) or dtype.name
 
 
-def _shape(shape: list[int] | tuple[int, ...], what: str) -> tuple[int, ...]:
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{what}: negative dimension in shape {tuple(shape)}")
-    dims = tuple(int(d) for d in shape)
+def _shape(shape: Iterable[int], what: str) -> tuple[int, ...]:
+    dims = tuple(map(int, shape))
+    if dims and min(dims) < 0:
+        raise InvalidInput(f"{what}: negative dimension in shape {dims}")
     # Sizes are computed with Python ints: int64 arithmetic would wrap (2**32 x 2**32 elements "need" 0 bytes).
     if math.prod(d for d in dims if d) > MAX_ELEMENTS:
         raise InvalidInput(f"{what}: shape {dims} has more elements than any array can ({MAX_ELEMENTS})")
@@ -276,15 +276,16 @@ def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -
     """Decode a Tensor message into a read-only numpy array, validating dtype, shape and size."""
     kind = msg.WhichOneof("payload")
     if kind == "inline":
-        dtype = dtype_of(msg.inline.dtype)
-        shape = _shape(msg.inline.shape, what)
+        inline = msg.inline
+        dtype = dtype_of(inline.dtype)
+        shape = _shape(inline.shape, what)
         expected = math.prod(shape) * dtype.itemsize
-        if len(msg.inline.data) != expected:
+        data = inline.data  # read once: each read of a bytes field copies the payload
+        if len(data) != expected:
             raise InvalidInput(
-                f"{what}: {len(msg.inline.data)} bytes of data, but dtype {dtype.name} and shape {shape} "
-                f"need {expected}"
+                f"{what}: {len(data)} bytes of data, but dtype {dtype.name} and shape {shape} need {expected}"
             )
-        return np.frombuffer(msg.inline.data, dtype=dtype).reshape(shape)
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
     if kind == "shared":
         dtype = dtype_of(msg.shared.dtype)
         shape = _shape(msg.shared.shape, what)
@@ -350,6 +351,9 @@ class OutputWriter:
 @dataclass(frozen=True)
 class _Mapping:
     region: SharedRegion
+    path: str  # where it was opened: each use stats this name
+    dev: int
+    ino: int
     uid: int
     size: int
 
@@ -376,37 +380,38 @@ class MappedRegions:
 
     def get(self, shm_dir: Path, name: str, writable: bool, span: tuple[int, int]) -> SharedRegion:
         """The mapping of region `name` in `shm_dir`, with `span` (offset, bytes) checked to lie within it."""
-        path = region_path(shm_dir, name)
         key = (str(shm_dir), name, writable)
         with self._lock:
             mapping = self._mappings.get(key)
-        if mapping is not None and self._unchanged(path, mapping):
+            if mapping is not None:
+                self._mappings.move_to_end(key)
+        # (a name in the table was checked when it was opened; what is left per use is one lstat)
+        if mapping is not None and self._unchanged(mapping):
             _check_span(name, span, mapping.size)
-            with self._lock:
-                if key in self._mappings:
-                    self._mappings.move_to_end(key)
             return mapping.region
         self.drop(shm_dir, name)
         region = SharedRegion.attach(shm_dir, name, writable=writable, span=span)
+        dev, ino = region.identity
         with self._lock:
-            self._mappings[key] = _Mapping(region, region.owner, region.size)
+            self._mappings[key] = _Mapping(region, str(region.path), dev, ino, region.owner, region.size)
             self._evict()
             self._start_sweeper()
         return region
 
     @staticmethod
-    def _unchanged(path: Path, mapping: _Mapping) -> bool:
+    def _unchanged(mapping: _Mapping) -> bool:
         try:
-            st = os.lstat(path)
+            st = os.lstat(mapping.path)
         except OSError:
             return False
         return (
-            stat.S_ISREG(st.st_mode)
+            st.st_ino == mapping.ino
+            and st.st_dev == mapping.dev
             and st.st_nlink == 1
-            and (st.st_dev, st.st_ino) == mapping.region.identity
             and st.st_size == mapping.size
             and st.st_uid == mapping.uid
-            and st.st_uid in trusted_region_owners()
+            and stat.S_ISREG(st.st_mode)
+            and (st.st_uid == os.geteuid() or st.st_uid in _TRUSTED_UIDS)  # (trusted_region_owners, without a set)
         )
 
     def drop(self, shm_dir: Path, name: str) -> None:
@@ -419,7 +424,7 @@ class MappedRegions:
         """Drop every mapping whose file is gone or changed; returns how many are still held."""
         with self._lock:
             held = list(self._mappings.items())
-        gone = [key for key, mapping in held if not self._unchanged(Path(key[0]) / key[1], mapping)]
+        gone = [key for key, mapping in held if not self._unchanged(mapping)]
         with self._lock:
             for key in gone:
                 self._mappings.pop(key, None)

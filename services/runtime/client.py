@@ -187,7 +187,9 @@ class SharedMemoryClient:
     def _lease(self, size: int) -> SharedRegion | None:
         """A region of at least `size` bytes for this thread's current call; None when the pool is full."""
         with self._lock:
-            call = self._calls.setdefault(threading.get_ident(), _CallRegions())
+            call = self._calls.get(threading.get_ident())
+            if call is None:
+                call = self._calls[threading.get_ident()] = _CallRegions()
             if call.read:  # the previous call's result was read: its regions are free again
                 self._free.extend(call.regions)
                 call.regions, call.read = [], False
@@ -219,9 +221,11 @@ class SharedMemoryClient:
         if region is None:
             return numpy_to_tensor(array)
         region.write(0, array)
-        return types_pb2.Tensor(
-            shared=types_pb2.SharedArray(region=region.name, offset=0, dtype=dtype_name(array.dtype), shape=array.shape)
-        )
+        tensor = types_pb2.Tensor()  # (filled in place: nested constructors copy each level)
+        shared = tensor.shared
+        shared.region, shared.offset, shared.dtype = region.name, 0, dtype_name(array.dtype)
+        shared.shape[:] = array.shape
+        return tensor
 
     def output_region(self, capacity: int) -> types_pb2.OutputRegion:
         """A region of at least `capacity` bytes for the results (none when disabled or full: results come inline)."""
@@ -230,20 +234,26 @@ class SharedMemoryClient:
             return types_pb2.OutputRegion()
         return types_pb2.OutputRegion(region=region.name, offset=0, capacity=region.size)
 
-    def read(self, msg: types_pb2.Tensor) -> np.ndarray:
-        """A result Tensor as an array (copied out of its region, so the region can be reused). Marks this
-        thread's call as done: its next `tensor` or `output_region` reuses the call's regions."""
+    def read(self, msg: types_pb2.Tensor, copy: bool = True) -> np.ndarray:
+        """A result Tensor as an array, copied out of its region. Marks this thread's call as done: its next
+        `tensor` or `output_region` reuses the call's regions. With copy=False the array is a read-only view of
+        the region, as Triton's shared-memory client returns results: no copy, but it holds the result only until
+        this thread's next `tensor` or `output_region` (copy what must outlive that)."""
+        shared = msg.shared if msg.WhichOneof("payload") == "shared" else None
         with self._lock:
             call = self._calls.get(threading.get_ident())
             if call is not None:
                 call.read = True
-            region = self._regions.get(msg.shared.region) if msg.WhichOneof("payload") == "shared" else None
-        if msg.WhichOneof("payload") != "shared":
+            region = self._regions.get(shared.region) if shared is not None else None
+        if shared is None:
             return tensor_to_numpy(msg, self._shm_dir)
         if region is None:
-            raise ValueError(f"the result names region '{msg.shared.region}', which this client did not offer")
-        dtype, shape = dtype_of(msg.shared.dtype), tuple(msg.shared.shape)
-        return region.view(msg.shared.offset, dtype, shape).copy()
+            raise ValueError(f"the result names region '{shared.region}', which this client did not offer")
+        view = region.view(shared.offset, dtype_of(shared.dtype), tuple(shared.shape))
+        if copy:
+            return view.copy()
+        view.flags.writeable = False
+        return view
 
     def release(self) -> None:
         """Return this thread's regions to the pool now (its call is over, whether or not a result was read)."""

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 try:  # optional: a service whose backend needs no torch (e.g. wilor's MediaPipe reference) runs without it
     import torch
 except ImportError:
@@ -41,6 +43,16 @@ class _NeverRaised(Exception):
 
 
 _OUT_OF_MEMORY: type[BaseException] = torch.cuda.OutOfMemoryError if torch is not None else _NeverRaised
+# torch.inference_mode() builds a Python decorator object around this C++ guard on each entry, three times the
+# guard's own cost; a call needs only the guard (torch.inference_mode where a torch lacks it).
+_INFERENCE_GUARD = getattr(torch._C, "_InferenceMode", None) if torch is not None else None
+
+
+def inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """torch's inference mode for the current thread while the context lasts (nothing without torch)."""
+    if _INFERENCE_GUARD is not None:
+        return _INFERENCE_GUARD(True)  # type: ignore[no-any-return]
+    return torch.inference_mode() if torch is not None else contextlib.nullcontext()
 
 
 def needed_mb(oom: BaseException) -> float | None:
@@ -75,12 +87,13 @@ class MemoryGovernor:
         results: list[Any] = []
         start = 0
         while start < len(items):
-            if not alive():
+            # (between chunks: whoever hands the items over has just checked that the caller is still there)
+            if start and not alive():
                 raise Cancelled("the call was cancelled or its deadline passed; remaining work stopped")
             size = min(self.fitted_batch_size, len(items) - start)
             chunk = items[start : start + size]
             try:
-                with torch.inference_mode() if torch is not None else contextlib.nullcontext():
+                with inference_mode():
                     out = list(infer(chunk))
             except _OUT_OF_MEMORY as oom:
                 self._release()
@@ -109,6 +122,8 @@ class MemoryGovernor:
             self._on_backoff(size, self.fitted_batch_size)
 
     def _succeeded(self) -> None:
+        if self.fitted_batch_size >= self.max_batch_size:  # nothing to probe (a stale read only delays a probe)
+            return
         with self._lock:
             if self.fitted_batch_size >= self.max_batch_size:
                 return
@@ -136,21 +151,26 @@ class MemoryGovernor:
 
 def _check_on_host(results: list[Any]) -> None:
     """Results must not keep device tensors alive between requests (the creeping-memory seed)."""
-    if torch is None:
-        return
-
-    def on_device(value: Any, depth: int = 0) -> bool:
-        if isinstance(value, torch.Tensor):
-            return value.device.type != "cpu"
-        if depth > 1:
-            return False
-        if isinstance(value, (list, tuple)):
-            return any(on_device(v, depth + 1) for v in value)
-        if isinstance(value, dict):
-            return any(on_device(v, depth + 1) for v in value.values())
-        if hasattr(value, "__dict__"):
-            return any(on_device(v, depth + 1) for v in vars(value).values())
-        return False
-
-    if any(on_device(result) for result in results):
+    if torch is not None and any(_on_device(result) for result in results):
         raise RuntimeError("adapter returned a device tensor; copy outputs to the host before returning")
+
+
+# Results that cannot hold a tensor: the common ones are answered without looking further.
+_HOST_ONLY = (np.ndarray, np.generic, str, bytes, int, float, type(None))
+
+
+def _on_device(value: Any, depth: int = 0) -> bool:
+    """Whether `value`, or what it holds two levels down (sequences, mappings, attributes), is a device tensor."""
+    if isinstance(value, _HOST_ONLY):
+        return False
+    if isinstance(value, torch.Tensor):
+        return bool(value.device.type != "cpu")
+    if depth > 1:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_on_device(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(_on_device(v, depth + 1) for v in value.values())
+    if hasattr(value, "__dict__"):
+        return any(_on_device(v, depth + 1) for v in vars(value).values())
+    return False

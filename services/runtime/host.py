@@ -153,10 +153,14 @@ class ModelHost:
     def run(self, items: list[Any], context: grpc.ServicerContext, progress: Progress | None = None) -> list[Any]:
         """Queue `items` for the model and wait for their results, honouring the caller's deadline.
         `progress`, when the items report to it, lets the model stop mid-item once the caller has gone."""
-        future = self._submit(items, context, progress, inline=True)
-        if future.done():  # run on this thread, the model being idle: nothing to wait for
-            return self._results(future.result())
-        for event in self._wait_for(future, context, progress):
+        self._check_ready(items)
+        if progress is not None:
+            progress.watch(context.is_active)
+        results = self.scheduler.run_now(items, context.is_active)  # type: ignore[union-attr]
+        if results is not None:  # the model was idle: it ran on this thread, nothing to wait for
+            self.metrics.set_queue_depth(0)  # what this call found waiting
+            return self._results(results)
+        for event in self._wait_for(self._submit(items, context), context, progress):
             if not isinstance(event, Update):
                 return event
         raise AssertionError("the events end with the results")  # pragma: no cover
@@ -167,24 +171,20 @@ class ModelHost:
         """run() for server-streaming calls: yields the newest of the model's progress reports (through the
         `progress` the items carry) while it works, then the list of results as the last element. The model
         runs on its own thread, never this one, so the progress can be sent while it works."""
-        return self._events(items, context, progress, inline=False)
+        self._check_ready(items)
+        progress.watch(context.is_active)
+        return self._wait_for(self._submit(items, context), context, progress)
 
-    def _events(
-        self, items: list[Any], context: grpc.ServicerContext, progress: Progress, inline: bool
-    ) -> Iterator[Update | list[Any]]:
-        yield from self._wait_for(self._submit(items, context, progress, inline), context, progress)
-
-    def _submit(
-        self, items: list[Any], context: grpc.ServicerContext, progress: Progress | None, inline: bool
-    ) -> concurrent.futures.Future[list[Any]]:
+    def _check_ready(self, items: list[Any]) -> None:
         if self.state != State.READY or self.scheduler is None:
             raise NotReady(f"{self.spec.name} is {self.state.value}; retry shortly or on another replica")
         if not items:
             raise InvalidInput("the request holds no items")
+
+    def _submit(self, items: list[Any], context: grpc.ServicerContext) -> concurrent.futures.Future[list[Any]]:
+        assert self.scheduler is not None  # (checked ready)
         self.metrics.set_queue_depth(self.scheduler.depth)
-        if progress is not None:
-            progress.watch(context.is_active)
-        return self.scheduler.submit(items, context.is_active, inline=inline)
+        return self.scheduler.submit(items, context.is_active)
 
     def _wait_for(
         self, future: concurrent.futures.Future[list[Any]], context: grpc.ServicerContext, progress: Progress | None

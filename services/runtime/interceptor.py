@@ -1,5 +1,5 @@
-"""The one server interceptor of every modelyard RPC: request id, size limit, one log line, latency metric, and
-errors mapped to gRPC status in one place."""
+"""What every modelyard RPC passes through on the server: request id, size limit, one log line, latency metric,
+and errors mapped to gRPC status, in one place."""
 
 from __future__ import annotations
 
@@ -21,32 +21,27 @@ from modelyard.runtime.metrics import ServiceMetrics
 log = logging.getLogger("modelyard.runtime")
 
 
-class RequestInterceptor(grpc.ServerInterceptor):
-    """For every modelyard RPC: request id, size limit, one log line, latency metric, errors → status.
+class RequestInterceptor:
+    """For every call of the services it wraps: request id, size limit, one log line, latency metric, errors
+    mapped to status.
 
-    A method's wrapped handler is built once and reused: the call's own details (its request id) are read from
-    its context, so nothing but the call itself is built per call."""
+    It wraps a service's handlers where the service is added (`wrap`, which `GrpcServer.add` applies), not as a
+    grpc.ServerInterceptor: gRPC runs its interceptor pipeline on every call, a few percent of a small call's
+    server time. A method's wrapped handler is built once and reused: the call's own details (its request id)
+    are read from its context, so nothing but the call itself is built per call."""
 
     def __init__(self, service: str, metrics: ServiceMetrics, max_message_bytes: int) -> None:
         self._service = service
         self._metrics = metrics
         self._limit = max_message_bytes
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: Any
-    ) -> grpc.RpcMethodHandler | None:
-        wrapped = self._handlers.get(details.method)
-        if wrapped is not None:
-            return wrapped
-        handler = continuation(details)
-        if handler is None or not details.method.startswith("/modelyard."):
-            return handler
-        wrapped = self._wrap(handler, details.method.rsplit("/", 1)[-1])
-        self._handlers[details.method] = wrapped
-        return wrapped
+    def wrap(self, handlers: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
+        """`handlers` (a service's, as its generated add_*_to_server registers them) with each method's handler
+        wrapped."""
+        return _WrappedHandlers(handlers, self.wrap_method)
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap_method(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """One method's handler (`method` is its short name, as in the log line), wrapped."""
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
 
@@ -110,6 +105,26 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 "(DataRef, a file on the data volume), split the request, or raise runtime.max_message_mb"
             )
         return sized.request
+
+
+class _WrappedHandlers(grpc.GenericRpcHandler):
+    def __init__(
+        self, inner: grpc.GenericRpcHandler, wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
+    ) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        wrapped = self._handlers.get(details.method)  # type: ignore[attr-defined]
+        if wrapped is not None:
+            return wrapped
+        method: str = details.method  # type: ignore[attr-defined]
+        handler = self._inner.service(details)
+        if handler is None:
+            return None
+        wrapped = self._handlers[method] = self._wrap(handler, method.rsplit("/", 1)[-1])
+        return wrapped
 
 
 class _Sized(NamedTuple):

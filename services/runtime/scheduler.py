@@ -11,8 +11,8 @@ that concern the whole batch go to every call in it at once: FatalModelError (th
 also calls on_fatal), Cancelled, and ResourceExhausted (out of memory even at batch 1).
 
 When the model is idle, nothing is queued and no batching window is set, the calling thread runs the model
-itself: the hand-off to the model thread and back costs ~0.2 ms per call, a third of a small request's latency.
-One lock keeps the model to one caller at a time either way.
+itself (`run_now`): the hand-off to the model thread and back costs ~0.2 ms per call, a third of a small
+request's latency. One lock keeps the model to one caller at a time either way.
 """
 
 from __future__ import annotations
@@ -79,17 +79,28 @@ class Scheduler:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, items: list[Any], alive: Callable[[], bool], inline: bool = True) -> Future[list[Any]]:
-        """Queue work (or, when idle and `inline`, run it on this thread). A caller that must stay free while the
-        model works — a streaming call sending progress — passes inline=False."""
-        work = Work(items, alive)
-        idle = inline and self._batch_wait == 0 and self._carry is None and self._queue.empty()
-        if idle and self._model_lock.acquire(blocking=False):
+    def run_now(self, items: list[Any], alive: Callable[[], bool]) -> list[Any] | None:
+        """Run `items` on this thread and return their results when the model is idle and nothing waits (None
+        otherwise: then `submit`). The model's errors are raised here, as `submit`'s future would raise them."""
+        if self._batch_wait or self._carry is not None or not self._queue.empty():
+            return None
+        if not self._model_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._on_batch:
+                self._on_batch(len(items), 0.0)
             try:
-                self._run([work])
-            finally:
-                self._model_lock.release()
-            return work.future
+                return self._governor.run(self._infer, items, alive)
+            except FatalModelError as exc:
+                if self._on_fatal:
+                    self._on_fatal(exc)
+                raise
+        finally:
+            self._model_lock.release()
+
+    def submit(self, items: list[Any], alive: Callable[[], bool]) -> Future[list[Any]]:
+        """Queue work for the model thread; its future holds the results (or the error)."""
+        work = Work(items, alive)
         try:
             self._queue.put_nowait(work)
         except queue.Full:

@@ -65,7 +65,7 @@ class GrpcServer:
         interceptors: list[grpc.ServerInterceptor] = []
         if token_file is not None:
             interceptors.append(TokenInterceptor(read_token(token_file)))
-        interceptors.append(RequestInterceptor(name, metrics, limit))
+        self.requests = RequestInterceptor(name, metrics, limit)
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=grpc_threads, thread_name_prefix="grpc"),
             interceptors=interceptors,
@@ -83,8 +83,9 @@ class GrpcServer:
         self.stopping = threading.Event()  # set by SIGTERM/SIGINT (after `stop_on_signals`) or by the process
 
     def add(self, proto_service: str, servicer: object, add_to_server: Callable[[Any, grpc.Server], None]) -> None:
-        """Serve `servicer` as `proto_service`; `add_to_server` is its generated add_*Servicer_to_server."""
-        add_to_server(servicer, self.server)
+        """Serve `servicer` as `proto_service`; `add_to_server` is its generated add_*Servicer_to_server. Its
+        handlers are registered wrapped by the request interceptor."""
+        add_to_server(servicer, _Registrar(self.server, self.requests))
         self.services.append(proto_service)
 
     def bind(self, address: str, tls: tuple[bytes, bytes] | None = None) -> int:
@@ -118,6 +119,22 @@ class GrpcServer:
         """NOT_SERVING, refuse new calls, give running ones `grace_s`; the event is set once all have ended."""
         self.set_serving(False)
         return self.server.stop(grace_s)
+
+
+class _Registrar:
+    """The server as a generated add_*Servicer_to_server sees it: what it registers is wrapped first."""
+
+    def __init__(self, server: grpc.Server, requests: RequestInterceptor) -> None:
+        self._server = server
+        self._requests = requests
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers([self._requests.wrap(handler) for handler in handlers])
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        # (grpcio-tools >= 1.62 registers each method by name as well, for a faster lookup)
+        wrapped = {name: self._requests.wrap_method(handler, name) for name, handler in handlers.items()}
+        self._server.add_registered_method_handlers(service, wrapped)  # type: ignore[attr-defined]
 
 
 def serve(spec: ServiceSpec, config_path: str | None, port: int, metrics_port: int | None, bind: str) -> int:

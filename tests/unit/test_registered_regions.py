@@ -74,6 +74,20 @@ def test_a_region_is_reused_by_the_next_call_once_the_result_was_read(shm: Path)
     assert list(shm.iterdir()) == []
 
 
+def test_a_result_read_in_place_is_a_read_only_view_until_the_next_call(shm: Path) -> None:
+    peer = LocalPeer(shm)
+    with SharedMemoryClient(peer.info, shm) as client:
+        first = np.arange(1000, dtype=np.uint8)
+        result = client.read(peer.echo(client.tensor(first), client.output_region(first.nbytes)), copy=False)
+        assert np.array_equal(result, first) and not result.flags.writeable and not result.flags.owndata
+        with pytest.raises(ValueError, match="read-only"):
+            result[0] = 1
+        second = np.full(1000, 7, np.uint8)  # the next call reuses the region the view shows
+        again = client.read(peer.echo(client.tensor(second), client.output_region(second.nbytes)))
+        assert np.array_equal(again, second) and np.array_equal(result, second)
+    assert list(shm.iterdir()) == []
+
+
 def test_arrays_of_one_call_each_get_their_own_region(shm: Path) -> None:
     peer = LocalPeer(shm)
     with SharedMemoryClient(peer.info, shm) as client:

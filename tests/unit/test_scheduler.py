@@ -55,22 +55,30 @@ def test_an_idle_model_runs_on_the_callers_thread_without_a_hand_off() -> None:
     seen: list[str] = []
     s = Scheduler(lambda b: seen.append(threading.current_thread().name) or b, MemoryGovernor("cpu", 1), 4, 1)
     s.start()
-    assert s.submit([1], lambda: True).result(5) == [1]
+    assert s.run_now([1], lambda: True) == [1]
     assert seen == [threading.current_thread().name]
+    s.stop(5)
+
+
+def test_a_busy_model_is_not_run_on_the_callers_thread() -> None:
+    model = Recorder()
+    s = scheduler(model)
+    holder = occupy(s, model)
+    assert s.run_now([2], lambda: True) is None  # the caller submits instead and waits its turn
+    model.gate.set()
+    assert holder.result(5) == [100]
     s.stop(5)
 
 
 def test_a_full_queue_answers_resource_exhausted_at_once() -> None:
     model = Recorder()
     s = scheduler(model, queue_size=1)
-    holder = occupy(s, model)  # the model is busy
-    second = s.submit([2], lambda: True)  # the model thread takes it and waits for the model
-    time.sleep(0.1)
-    third = s.submit([3], lambda: True)  # waits in the queue
+    holder = occupy(s, model)  # the model thread is busy with it
+    second = s.submit([2], lambda: True)  # waits in the queue
     with pytest.raises(ResourceExhausted, match="queue is full"):
-        s.submit([4], lambda: True)
+        s.submit([3], lambda: True)
     model.gate.set()
-    assert holder.result(5) == [100] and second.result(5) == [102] and third.result(5) == [103]
+    assert holder.result(5) == [100] and second.result(5) == [102]
     s.stop(5)
 
 

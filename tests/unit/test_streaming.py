@@ -145,14 +145,15 @@ def count(request: types_pb2.InfoRequest, context: grpc.ServicerContext) -> Iter
 @pytest.fixture
 def streamer() -> Iterator[tuple[grpc.Channel, ServiceMetrics]]:
     metrics = ServiceMetrics("streamer")
-    server = grpc.server(ThreadPoolExecutor(4), interceptors=[RequestInterceptor("streamer", metrics, 1 << 20)])
+    server = grpc.server(ThreadPoolExecutor(4))
+    requests = RequestInterceptor("streamer", metrics, 1 << 20)
     handler = grpc.unary_stream_rpc_method_handler(
         count,
         request_deserializer=types_pb2.InfoRequest.FromString,
         response_serializer=types_pb2.DataRef.SerializeToString,
     )
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("modelyard.test.Streamer", {"Count": handler})]
+        [requests.wrap(grpc.method_handlers_generic_handler("modelyard.test.Streamer", {"Count": handler}))]
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
