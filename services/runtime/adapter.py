@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import grpc
 from pydantic import BaseModel
@@ -33,6 +33,10 @@ ResultT = TypeVar("ResultT")
 
 class ModelAdapter(ABC, Generic[ConfigT, ItemT, ResultT]):
     """Subclass per model. The runtime calls load() once, warmup() once, then infer() on its model thread."""
+
+    # infer() runs under torch's inference mode; an adapter that runs no torch says False and skips the guard
+    # (entering it costs ~10 µs per call on a serving thread: a sixth of a no-op model's step).
+    inference_mode: ClassVar[bool] = True
 
     def __init__(self, config: ConfigT, device: str) -> None:
         self.config = config

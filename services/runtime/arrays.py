@@ -251,6 +251,13 @@ class SharedRegion:
             raise InvalidInput(f"array of {end - offset} bytes at offset {offset} overruns region '{self.name}'")
         return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
 
+    @property
+    def address(self) -> int:
+        """Where the mapping starts in this process's memory (0 when nothing is mapped)."""
+        if self._map is None:
+            return 0
+        return int(np.frombuffer(self._map, np.uint8, count=1).ctypes.data)
+
     def write(self, offset: int, array: np.ndarray) -> None:
         assert self._map is not None
         target = np.frombuffer(self._map, dtype=array.dtype, count=array.size, offset=offset)

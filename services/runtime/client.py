@@ -4,6 +4,7 @@ waits, request ids, the local stack's addresses, shared memory. Channels come fr
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelyard.runtime.arrays import (
@@ -133,9 +135,11 @@ class SharedMemoryClient:
     """Shared-memory fast path for one peer: probes once, then serves arrays from a pool of regions it created.
 
     As with Triton's registered regions, a region is created (and its pages touched) once and reused call after
-    call; the peer keeps its mapping of it too. The regions of one call are those `tensor` and `output_region`
-    handed out on a thread since its last `read`: once a result has been read, that thread's next `tensor` or
-    `output_region` starts a new call and its earlier regions go back to the pool (`release` does so at once).
+    call; the peer keeps its mapping of it too. The regions of one call are those `array`, `tensor` and
+    `output_region` handed out on a thread since its last `read`: once a result has been read, that thread's next
+    `array`, `tensor` or `output_region` starts a new call and its earlier regions go back to the pool (`release`
+    does so at once). To skip the copies, fill inputs where they will travel (`array`) and read results in place
+    (`read(..., copy=False)`).
     Each region is only ever in one call, so concurrent threads and several arrays per request never share one.
     The pool grows as needed (sizes rounded up to a power of two, at least 1 MiB) to at most `max_bytes`;
     beyond that, free regions are unlinked to make room, and when the regions in use alone would pass it the
@@ -157,6 +161,7 @@ class SharedMemoryClient:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._regions: dict[str, SharedRegion] = {}  # every region of the pool, by name
+        self._addresses: dict[str, int] = {}  # where each is mapped here (to tell an `array` handed out)
         self._free: list[SharedRegion] = []
         self._calls: dict[int, _CallRegions] = {}  # thread id -> the regions of its current call
         # Unlinks what is left if close() is never called (the client is collected, or the process ends).
@@ -201,31 +206,59 @@ class SharedMemoryClient:
                 wanted = max(self.MIN_REGION_BYTES, 1 << max(0, size - 1).bit_length())
                 while self._free and sum(r.size for r in self._regions.values()) + wanted > self.max_bytes:
                     victim = self._free.pop(self._free.index(min(self._free, key=lambda r: r.size)))
-                    del self._regions[victim.name]
+                    del self._regions[victim.name], self._addresses[victim.name]
                     victim.close()
                 if sum(r.size for r in self._regions.values()) + wanted > self.max_bytes:
                     return None
                 region = SharedRegion.create(wanted, self._shm_dir)
-                self._regions[region.name] = region
+                self._regions[region.name], self._addresses[region.name] = region, region.address
             call.regions.append(region)
             return region
 
+    def array(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
+        """A writable array in a region of this thread's current call, to fill in place: `tensor` of it (or of a
+        contiguous part of it) then names the region without copying, as Triton's clients build their inputs in
+        registered regions. It holds its contents until this thread's next call begins (after the result was
+        read). An ordinary array when shared memory is off or the pool is full (`tensor` then copies it)."""
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        kind = np.dtype(dtype)
+        region = self._lease(math.prod(dims) * kind.itemsize) if self.enabled else None
+        if region is None:
+            return np.empty(dims, kind)
+        return region.view(0, kind, dims)
+
     def tensor(self, array: np.ndarray) -> types_pb2.Tensor:
-        """The array as a Tensor: in a region of the pool when enabled, inline otherwise."""
+        """The array as a Tensor: in a region of the pool when enabled (named where it lies when it is in one
+        from `array`, copied into one otherwise), inline when not."""
         if not self.enabled:
             return numpy_to_tensor(array)
         array = np.asarray(array)
         if not array.flags.c_contiguous:  # (np.ascontiguousarray alone would turn a 0-d array into shape (1,))
             array = np.ascontiguousarray(array)
-        region = self._lease(array.nbytes)
+        region, offset = self._placed(array)
         if region is None:
-            return numpy_to_tensor(array)
-        region.write(0, array)
+            region, offset = self._lease(array.nbytes), 0
+            if region is None:
+                return numpy_to_tensor(array)
+            region.write(0, array)
         tensor = types_pb2.Tensor()  # (filled in place: nested constructors copy each level)
         shared = tensor.shared
-        shared.region, shared.offset, shared.dtype = region.name, 0, dtype_name(array.dtype)
+        shared.region, shared.offset, shared.dtype = region.name, offset, dtype_name(array.dtype)
         shared.shape[:] = array.shape
         return tensor
+
+    def _placed(self, array: np.ndarray) -> tuple[SharedRegion | None, int]:
+        """The region of this thread's current call the array lies in, and its offset there (None, 0 if none)."""
+        start = array.__array_interface__["data"][0]
+        with self._lock:
+            call = self._calls.get(threading.get_ident())
+            if call is None or call.read:  # (a finished call's regions may be handed to another call)
+                return None, 0
+            for region in call.regions:
+                base = self._addresses[region.name]
+                if base <= start and start + array.nbytes <= base + region.size:
+                    return region, start - base
+        return None, 0
 
     def output_region(self, capacity: int) -> types_pb2.OutputRegion:
         """A region of at least `capacity` bytes for the results (none when disabled or full: results come inline)."""
@@ -267,6 +300,7 @@ class SharedMemoryClient:
         with self._lock:
             self._free.clear()
             self._calls.clear()
+            self._addresses.clear()
             _close_regions(self._regions)
 
     def __enter__(self) -> SharedMemoryClient:

@@ -37,6 +37,8 @@ class EchoItem:
 
 
 class EchoAdapter(ModelAdapter[EchoConfig, EchoItem, np.ndarray]):
+    inference_mode = False  # no torch runs (torch only names the simulated out-of-memory error)
+
     def load(self) -> None:
         time.sleep(self.config.load_delay_seconds)
 

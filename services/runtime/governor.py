@@ -1,9 +1,10 @@
 """The memory governor: every model call runs through it.
 
-Inference runs under torch.inference_mode. On CUDA out-of-memory the governor frees the cache, halves the batch
-and retries the same items, remembers the size that fit, and probes upward again after a run of successes. At
-batch 1 it gives up with RESOURCE_EXHAUSTED naming free and needed memory. Without torch installed (a backend
-that does not use it) the governor only chunks, checks and orders the results.
+Inference runs under torch.inference_mode (unless the adapter runs no torch). On CUDA out-of-memory the
+governor frees the cache, halves the batch and retries the same items, remembers the size that fit, and probes
+upward again after a run of successes. At batch 1 it gives up with RESOURCE_EXHAUSTED naming free and needed
+memory. Without torch installed (a backend that does not use it) the governor only chunks, checks and orders
+the results.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ class MemoryGovernor:
         max_batch_size: int,
         probe_up_after: int = 100,
         on_backoff: Callable[[int, int], None] | None = None,
+        in_inference_mode: bool = True,
     ) -> None:
         self.device = device
+        self._mode = inference_mode if in_inference_mode else contextlib.nullcontext
         self.max_batch_size = max_batch_size
         self.probe_up_after = probe_up_after
         self.fitted_batch_size = max_batch_size
@@ -93,7 +96,7 @@ class MemoryGovernor:
             size = min(self.fitted_batch_size, len(items) - start)
             chunk = items[start : start + size]
             try:
-                with inference_mode():
+                with self._mode():
                     out = list(infer(chunk))
             except _OUT_OF_MEMORY as oom:
                 self._release()

@@ -96,6 +96,7 @@ class ModelHost:
             self.runtime.max_batch_size,
             self.runtime.probe_up_after,
             self.metrics.observe_backoff,
+            in_inference_mode=adapter.inference_mode,
         )
         if self.runtime.warmup:
             # Through the governor, so warm-up gets a call's inference mode and out-of-memory and CUDA-failure

@@ -72,6 +72,12 @@ def test_inference_runs_under_inference_mode() -> None:
     assert model.inference_mode == [True]
 
 
+def test_an_adapter_that_runs_no_torch_skips_inference_mode() -> None:
+    model = OomAbove(fits=8)
+    MemoryGovernor("cpu", max_batch_size=8, in_inference_mode=False).run(model, [1, 2])
+    assert model.inference_mode == [False]
+
+
 def test_refuses_results_that_keep_tensors_on_a_device() -> None:
     meta = torch.empty(2, device="meta")  # any non-CPU device stands in for a GPU
     with pytest.raises(RuntimeError, match="device tensor"):

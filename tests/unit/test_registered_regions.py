@@ -88,6 +88,27 @@ def test_a_result_read_in_place_is_a_read_only_view_until_the_next_call(shm: Pat
     assert list(shm.iterdir()) == []
 
 
+def test_an_input_filled_in_place_travels_without_a_copy(shm: Path) -> None:
+    peer = LocalPeer(shm)
+    with SharedMemoryClient(peer.info, shm) as client:
+        frame = client.array((20, 50), np.uint8)
+        frame[:] = np.arange(50, dtype=np.uint8)
+        tensor = client.tensor(frame)
+        assert len(client.regions) == 1 and tensor.shared.region == client.regions[0]  # named where it lies
+        part = client.tensor(frame[4:6])  # a contiguous part of it: the same region, at its offset
+        assert (part.shared.region, part.shared.offset) == (tensor.shared.region, 200)
+        result = client.read(peer.echo(tensor, client.output_region(frame.nbytes)))
+        assert np.array_equal(result, np.tile(np.arange(50, dtype=np.uint8), (20, 1)))
+
+
+def test_without_shared_memory_an_array_to_fill_is_an_ordinary_one(shm: Path) -> None:
+    with SharedMemoryClient(lambda request: types_pb2.ModelInfo(shared_memory_ok=False), shm) as client:
+        frame = client.array((2, 3), np.float32)
+        assert frame.shape == (2, 3) and frame.dtype == np.float32 and client.regions == []
+        frame[:] = 1
+        assert client.tensor(frame).WhichOneof("payload") == "inline"
+
+
 def test_arrays_of_one_call_each_get_their_own_region(shm: Path) -> None:
     peer = LocalPeer(shm)
     with SharedMemoryClient(peer.info, shm) as client:
