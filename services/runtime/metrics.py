@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import collections
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -50,10 +52,40 @@ class _GpuMemoryCollector(Collector):
             yield family
 
 
+class _Observations(Collector):
+    """Observations made on request threads, applied to their metrics in batches: every `batch` of them, and
+    whenever the registry is read (a scrape, or `get_sample_value`), so nothing read is ever stale. Applying one
+    takes locks and a bucket search, several microseconds on a thread that just woke up; queueing it takes one
+    append. Registered first, so a read applies them before any metric is collected."""
+
+    def __init__(self, batch: int = 1024) -> None:
+        self._pending: collections.deque[tuple[Callable[[float], None], float]] = collections.deque()
+        self._batch = batch
+        self._lock = threading.Lock()  # one applier at a time, so a gauge's sets land in the order made
+
+    def add(self, apply: Callable[[float], None], value: float) -> None:
+        self._pending.append((apply, value))
+        if len(self._pending) >= self._batch:
+            self.apply()
+
+    def apply(self) -> None:
+        with self._lock:
+            pending = self._pending
+            while pending:
+                apply, value = pending.popleft()
+                apply(value)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self.apply()
+        return iter(())
+
+
 class ServiceMetrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.registry = CollectorRegistry()
+        self._observations = _Observations()
+        self.registry.register(self._observations)
         self.device = ["cpu"]
         self.latency = Histogram(
             "modelyard_request_seconds", "request latency", ["service", "method", "code"],
@@ -95,15 +127,15 @@ class ServiceMetrics:
         child = self._calls.get(key)
         if child is None:
             histogram = self.stream_latency if streaming else self.latency
-            child = self._calls.setdefault(key, histogram.labels(self.service, method, code))
-        child.observe(seconds)
+            child = self._calls.setdefault(key, histogram.labels(self.service, method, code).observe)
+        self._observations.add(child, seconds)
 
     def set_queue_depth(self, depth: int) -> None:
-        self._queue_depth.set(depth)
+        self._observations.add(self._queue_depth.set, depth)
 
     def observe_batch(self, items: int, waited_s: float) -> None:
-        self._batch_size.observe(items)
-        self._queue_wait.observe(waited_s)
+        self._observations.add(self._batch_size.observe, items)
+        self._observations.add(self._queue_wait.observe, waited_s)
 
     def observe_backoff(self, _from: int, _to: int) -> None:
         self.oom_backoffs.labels(self.service).inc()
