@@ -7,8 +7,10 @@ Both do STAGE=segmentation MODE=inference per (image, question): BiomedCLIP gSco
 box options) -> MedSAM on the first box -> mask and overlay PNGs, then vqa_manifest.csv and predictions.jsonl.
 In-process, both adapters are loaded once and the items run in a loop, torch with its default threads (all cores).
 Through the gateway: `modelyard.ops.local.up` (each service its own process with one intra-op thread; items
-overlap across the two services), timed from RunPipeline to the job's last event. Model loading and the stack's
-start-up are excluded from both and reported apart. The masks of both runs are compared.
+overlap across the two services), timed from RunPipeline to the job's last event. Model loading and warm-up, and
+the stack's start-up and a 2-item warm-up job, are excluded and reported apart. The stack stays up while the
+paths take turns, run after run, so each run's ratio compares times taken moments apart. The masks of both runs
+are compared.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -117,27 +121,44 @@ def _sequential(models: dict[str, dict], table_path: Path, out: Path) -> tuple[f
     return loaded, time.perf_counter() - started, steps
 
 
-def through_gateway(
-    folder: Path, data: Path, table_rel: str, runs: int
-) -> tuple[float, list[float], str, dict[str, tuple[float, float]]]:
-    """Returns (stack start-up s, run s of each run, final job state of the last, the gateway's per-item time
-    by how images are sent: (ms per item in all, of which in service calls))."""
-    started = time.perf_counter()
-    with tiny_stack(folder, data) as stack:
-        up_s = time.perf_counter() - started
-        client = GatewayClient(stack["gateway"].address)
-        times, last = [], None
-        for index in range(runs):
-            started = time.perf_counter()
-            for event in client.run(
-                "medvqa", table_rel, "out/gateway" if index == 0 else f"out/gateway-{index}", OPTIONS
-            ):
-                last = event.job
-            times.append(time.perf_counter() - started)
-        client.close()
-        per_item = gateway_time_per_item(folder / "state" / "gateway.yaml", data, table_rel)
-    assert last is not None
-    return up_s, times, f"{last.state}: {last.done} done, {last.failed} failed", per_item
+class GatewayRuns:
+    """The local stack (MedSAM, BiomedCLIP, gateway) kept up across the bench, so its runs can take turns with
+    the sequential ones: `run` times one medvqa job from RunPipeline to its last event."""
+
+    def __init__(self, folder: Path, data: Path, table_rel: str) -> None:
+        self.folder, self.data, self.table_rel = folder, data, table_rel
+        self.times: list[float] = []
+        self.state = ""
+        self.up_s = 0.0
+
+    @contextmanager
+    def up(self) -> Iterator[GatewayRuns]:
+        started = time.perf_counter()
+        with tiny_stack(self.folder, self.data) as stack:
+            self.client = GatewayClient(stack["gateway"].address)
+            # One short job first, as the sequential path warms its models before it is timed: the gateway's
+            # first job also connects to the services and probes their data volume.
+            for _ in self.client.run("medvqa", self.table_rel, "out/gateway-warm-up", {**OPTIONS, "LIMIT": "2"}):
+                pass
+            self.up_s = time.perf_counter() - started
+            try:
+                yield self
+            finally:
+                self.client.close()
+
+    def run(self) -> None:
+        index, last = len(self.times), None
+        started = time.perf_counter()
+        for event in self.client.run(
+            "medvqa", self.table_rel, "out/gateway" if index == 0 else f"out/gateway-{index}", OPTIONS
+        ):
+            last = event.job
+        self.times.append(time.perf_counter() - started)
+        assert last is not None
+        self.state = f"{last.state}: {last.done} done, {last.failed} failed"
+
+    def time_per_item(self) -> dict[str, tuple[float, float]]:
+        return gateway_time_per_item(self.folder / "state" / "gateway.yaml", self.data, self.table_rel)
 
 
 def gateway_time_per_item(gateway_yaml: Path, data: Path, table_rel: str) -> dict[str, tuple[float, float]]:
@@ -199,18 +220,25 @@ def run(count: int, folder: Path, runs: int) -> str:
         f"sequential, one process, torch {default_threads} threads (its default)": default_threads,
         "sequential, one process, torch 1 thread": 1,
     }
-    rows, seq_runs = [], {}
-    for label, threads in baselines.items():
-        timings = []
+    gateway = GatewayRuns(folder / "stack", data, str(table_path.relative_to(data)))
+    timings: dict[str, list[tuple[float, float, dict[str, float]]]] = {label: [] for label in baselines}
+    with gateway.up():
+        # The paths take turns within each run, so a run's ratio pairs times taken seconds apart: on shared cores
+        # what else runs drifts over the bench's minutes.
         for index in range(runs):
-            out = data / "out" / (f"sequential-{threads}" if index == 0 else f"sequential-{threads}-{index}")
-            timings.append(sequential(models, table_path, out, threads))
-        seconds = statistics.median(t[1] for t in timings)
-        steps = {name: statistics.median(t[2][name] for t in timings) for name in timings[0][2]}
-        seq_runs[label] = ([t[1] for t in timings], steps)
-        loaded = statistics.median(t[0] for t in timings)
+            for label, threads in baselines.items():
+                out = data / "out" / (f"sequential-{threads}" if index == 0 else f"sequential-{threads}-{index}")
+                timings[label].append(sequential(models, table_path, out, threads))
+            gateway.run()
+        per_item = gateway.time_per_item()
+    rows, seq_runs = [], {}
+    for label, runs_of in timings.items():
+        seconds = statistics.median(t[1] for t in runs_of)
+        steps = {name: statistics.median(t[2][name] for t in runs_of) for name in runs_of[0][2]}
+        seq_runs[label] = ([t[1] for t in runs_of], steps)
+        loaded = statistics.median(t[0] for t in runs_of)
         rows.append([label, f"{seconds:.2f}", spread(seq_runs[label][0]), f"{count / seconds:.2f}", f"{loaded:.1f}"])
-    up_s, gw_runs, state, per_item = through_gateway(folder / "stack", data, str(table_path.relative_to(data)), runs)
+    gw_runs, state, up_s = gateway.times, gateway.state, gateway.up_s
     gw_s = statistics.median(gw_runs)
     rows.append(
         [
@@ -227,7 +255,8 @@ def run(count: int, folder: Path, runs: int) -> str:
     seq_times, steps = seq_runs[best]
     ratio = statistics.median(seq_times) / gw_s
     ratios = [s / g for s, g in zip(seq_times, gw_runs, strict=True)]
-    verdict = "met" if ratio >= 1.5 else "not met"
+    # (stable: every run's own ratio reaches the goal too, not only the ratio of the medians)
+    verdict = "not met" if ratio < 1.5 else "met, and in every run" if min(ratios) >= 1.5 else "met by the medians only"
     per_step = ", ".join(f"{name} {seconds / count * 1000:.0f} ms" for name, seconds in steps.items())
     item_rows = [
         [label, f"{total:.1f}", f"{calls:.1f}", f"{total - calls:.1f}"] for label, (total, calls) in per_item.items()
@@ -237,16 +266,16 @@ def run(count: int, folder: Path, runs: int) -> str:
         f"Machine: {machine()}; load average (1 min) {load_before:.1f} before, {load_after:.1f} after (the 2 "
         f"cores are shared with other work). {count} generated 256x256 chest X-rays with questions, STAGE=segmentation "
         f"MODE=inference (BiomedCLIP gScoreCAM k={TOP_K} -> seed box options -> MedSAM on the first box -> mask, "
-        f"overlay, manifest), tiny random-weight models in the real formats, CPU, {runs} runs of each path, the paths "
-        "in turn; wall s is the median, with the range of the runs (on shared cores the same command moves by tens "
-        "of percent between runs).\n\n"
+        f"overlay, manifest), tiny random-weight models in the real formats, CPU, {runs} runs, the paths taking "
+        "turns within each run; wall s is the median, with the range of the runs (on shared cores the same command "
+        "moves by tens of percent between runs).\n\n"
         + table(
             [
                 "path",
                 "wall s (median)",
                 "runs (min-max s)",
                 "items/s",
-                "excluded: model load + warm-up, or the stack's start-up (s)",
+                "excluded: model load + warm-up, or the stack's start-up + a 2-item warm-up job (s)",
             ],
             rows,
         )
