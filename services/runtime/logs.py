@@ -8,27 +8,49 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import json
 import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        exc = self.formatException(record.exc_info) if record.exc_info else None
+        fields = getattr(record, "fields", {})
+        return json_line(record.created, record.levelname, record.name, record.getMessage(), fields, exc)
+
+
+def json_line(
+    created: float, level: str, logger: str, message: str, fields: Mapping[str, Any], exc: str | None = None
+) -> str:
+    """One log line as JSON: time, level, logger and message, then `fields` (what a log call passes as
+    extra={"fields": ...}), then the exception's traceback if any."""
+    entry: dict[str, Any] = {"ts": _timestamp(created), "level": level.lower(), "logger": logger, "msg": message}
+    entry.update(fields)
+    if exc:
+        entry["exc"] = exc
+    return _encode(entry)
+
+
+# One encoder for every line: json.dumps with an option set builds a new one per call (a third of a line's cost).
+_encode = json.JSONEncoder(default=str).encode
+
+
+def _timestamp(created: float) -> str:
+    """UTC, to the millisecond: 2026-12-03T12:00:00.123Z (the milliseconds truncated, as LogRecord.msecs)."""
+    whole = int(created)
+    return f"{_utc_second(whole)}.{int((created - whole) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)  # lines come in order: one strftime per second, not per line
+def _utc_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 class TextFormatter(logging.Formatter):
@@ -59,7 +81,11 @@ class RequestLog:
     The caller only appends the fields to a queue (well under a microsecond, and no thread is woken: waking a
     writer per line costs the caller a GIL hand-off); a writer thread takes what has queued every `interval_s`,
     makes each record with the time of its call and hands it to the logger's handlers, in the order of the
-    calls. `flush` writes everything queued so far (at shutdown; also run at interpreter exit)."""
+    calls. `flush` writes everything queued so far (at shutdown; also run at interpreter exit).
+
+    Where the lines go only to one JSON stream (what `configure` sets up for collectors), the writer formats
+    them itself and writes what has queued at once: a LogRecord and a write per line cost a small call as
+    many instructions as a sixth of the call itself. The lines are the ones JsonFormatter writes."""
 
     def __init__(self, logger: logging.Logger, interval_s: float = 0.05) -> None:
         self._logger = logger
@@ -78,8 +104,46 @@ class RequestLog:
 
     def flush(self) -> None:
         with self._lock:
+            stream = self._json_stream()
+            if stream is not None:
+                self._write_json(stream)
             while self._pending:
                 self._emit(*self._pending.popleft())
+
+    def _json_stream(self) -> logging.StreamHandler[Any] | None:
+        """The handler when INFO lines from the logger reach exactly one handler, a plain stream handler with a
+        JsonFormatter and no filters (nor filters on the logger); None otherwise."""
+        logger: logging.Logger | None = self._logger
+        if self._logger.filters:
+            return None
+        handlers: list[logging.Handler] = []
+        while logger is not None:
+            handlers += logger.handlers
+            logger = logger.parent if logger.propagate else None
+        if len(handlers) != 1:
+            return None
+        (handler,) = handlers
+        if type(handler) is not logging.StreamHandler or handler.filters or handler.level > logging.INFO:
+            return None
+        return handler if isinstance(handler.formatter, JsonFormatter) else None
+
+    def _write_json(self, handler: logging.StreamHandler[Any]) -> None:
+        pending, name, lines = self._pending, self._logger.name, []
+        while pending:
+            created, fields = pending.popleft()
+            lines.append(json_line(created, "info", name, "request", fields))
+        if not lines:
+            return
+        terminator = handler.terminator
+        text = terminator.join(lines) + terminator
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.flush()
+        except Exception:  # as StreamHandler.emit does: the logging module reports it, the writer goes on
+            handler.handleError(logging.makeLogRecord({"name": name, "msg": "request", "levelno": logging.INFO}))
+        finally:
+            handler.release()
 
     def _start(self) -> None:
         with self._lock:

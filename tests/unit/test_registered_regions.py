@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -23,7 +22,6 @@ from modelyard.runtime.arrays import (
 )
 from modelyard.runtime.client import SharedMemoryClient
 from modelyard.runtime.errors import InvalidInput
-from modelyard.runtime.logs import RequestLog
 from modelyard.v1 import types_pb2
 
 
@@ -296,22 +294,3 @@ def test_the_server_never_creates_or_unlinks_a_file(shm: Path) -> None:
             numpy_to_tensor(array, writer)
             writer.close()
         assert sorted(os.listdir(shm)) == before
-
-
-# -- request lines -------------------------------------------------------------------------------------------
-def test_request_lines_are_written_in_order_with_the_time_of_the_call() -> None:
-    logger = logging.getLogger("modelyard.test.requests")
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    logger.addHandler(Keep())
-    logger.setLevel(logging.INFO)
-    lines = RequestLog(logger, interval_s=10)  # the writer would wait 10 s: flush writes them now
-    for index in range(3):
-        lines.write({"request_id": f"r{index}"})
-    lines.flush()
-    assert [r.fields["request_id"] for r in records] == ["r0", "r1", "r2"]  # type: ignore[attr-defined]
-    assert all(r.getMessage() == "request" and r.created > 0 for r in records)
