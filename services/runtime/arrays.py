@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +60,16 @@ def dtype_name(dtype: np.dtype) -> str:
     return _DTYPE_NAMES.get(dtype) or dtype.name
 
 
-def _shape(shape: Iterable[int], what: str) -> tuple[int, ...]:
-    dims = tuple(map(int, shape))
+def _shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
+    """`shape` (a message's repeated int64, or a sequence of ints) checked: no negative dimension, and no more
+    elements than any array can hold, zero dimensions aside."""
+    dims = tuple(shape[:])  # (a slice of a repeated field: half the cost of iterating over it)
     if dims and min(dims) < 0:
         raise InvalidInput(f"{what}: negative dimension in shape {dims}")
     # Sizes are computed with Python ints: int64 arithmetic would wrap (2**32 x 2**32 elements "need" 0 bytes).
-    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+    # A zero dimension makes the product 0 however large the others are: then they are checked without it.
+    elements = math.prod(dims)
+    if elements > MAX_ELEMENTS or (elements == 0 and math.prod(d for d in dims if d) > MAX_ELEMENTS):
         raise InvalidInput(f"{what}: shape {dims} has more elements than any array can ({MAX_ELEMENTS})")
     return dims
 
@@ -292,7 +296,8 @@ def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -
             raise InvalidInput(
                 f"{what}: {len(data)} bytes of data, but dtype {dtype.name} and shape {shape} need {expected}"
             )
-        return np.frombuffer(data, dtype=dtype).reshape(shape)
+        array = np.frombuffer(data, dtype=dtype)  # (1-D already: the length was checked)
+        return array if len(shape) == 1 else array.reshape(shape)
     if kind == "shared":
         dtype = dtype_of(msg.shared.dtype)
         shape = _shape(msg.shared.shape, what)

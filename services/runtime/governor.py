@@ -72,7 +72,7 @@ class MemoryGovernor:
         in_inference_mode: bool = True,
     ) -> None:
         self.device = device
-        self._mode = inference_mode if in_inference_mode else contextlib.nullcontext
+        self._mode = inference_mode if in_inference_mode else None
         self.max_batch_size = max_batch_size
         self.probe_up_after = probe_up_after
         self.fitted_batch_size = max_batch_size
@@ -96,8 +96,11 @@ class MemoryGovernor:
             size = min(self.fitted_batch_size, len(items) - start)
             chunk = items[start : start + size]
             try:
-                with self._mode():
+                if self._mode is None:  # (a nullcontext would cost three calls per model call)
                     out = list(infer(chunk))
+                else:
+                    with self._mode():
+                        out = list(infer(chunk))
             except _OUT_OF_MEMORY as oom:
                 self._release()
                 if size == 1:
@@ -154,12 +157,16 @@ class MemoryGovernor:
 
 def _check_on_host(results: list[Any]) -> None:
     """Results must not keep device tensors alive between requests (the creeping-memory seed)."""
-    if torch is not None and any(_on_device(result) for result in results):
-        raise RuntimeError("adapter returned a device tensor; copy outputs to the host before returning")
+    if torch is None:
+        return
+    for result in results:
+        if type(result) not in _HOST_TYPES and _on_device(result):
+            raise RuntimeError("adapter returned a device tensor; copy outputs to the host before returning")
 
 
 # Results that cannot hold a tensor: the common ones are answered without looking further.
 _HOST_ONLY = (np.ndarray, np.generic, str, bytes, int, float, type(None))
+_HOST_TYPES = frozenset((np.ndarray, str, bytes, int, float, type(None)))  # exactly these: no lookup at all
 
 
 def _on_device(value: Any, depth: int = 0) -> bool:

@@ -50,3 +50,32 @@ def test_observations_from_many_threads_are_all_counted() -> None:
     for thread in threads:
         thread.join()
     assert latency_count(metrics) == 16000
+
+
+def test_the_histograms_read_as_prometheus_clients_own_histogram_fed_the_same_values() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from modelyard.runtime.metrics import _LATENCY_BUCKETS
+
+    metrics = ServiceMetrics("echo")
+    reference = CollectorRegistry()
+    histogram = Histogram("modelyard_request_seconds", "request latency", ["service", "method", "code"],
+                          buckets=_LATENCY_BUCKETS, registry=reference)  # fmt: skip
+    # On a bound, between bounds, beyond the last one, and zero.
+    values = [0.0, 0.0004, 0.001, 0.0011, 0.25, 0.2500001, 120, 121.5, 1e6, 0.001]
+    for value in values:
+        metrics.observe_call("Echo", "OK", value)
+        histogram.labels("echo", "Echo", "OK").observe(value)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in registry.collect()
+            if family.name == "modelyard_request_seconds"
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    ours, theirs = samples(metrics.registry), samples(reference)
+    assert ours == pytest.approx(theirs)
+    assert len(ours) == len(_LATENCY_BUCKETS) + 3  # every bucket, +Inf, the count and the sum
