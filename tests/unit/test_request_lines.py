@@ -115,3 +115,13 @@ def test_a_stream_that_fails_is_reported_and_later_lines_are_still_written(capsy
     lines.flush()
     assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["kept"]
     assert "the disk is full" in capsys.readouterr().err
+
+
+def test_a_disabled_logger_writes_no_request_lines() -> None:
+    stream = Writes()
+    logger = json_logger("modelyard.test.disabled", stream)
+    logger.disabled = True  # as logging.config does to loggers it was not told about
+    lines = RequestLog(logger, interval_s=10)
+    lines.write({"request_id": "r0"})
+    lines.flush()
+    assert stream.getvalue() == ""
