@@ -50,12 +50,10 @@ class EchoAdapter(ModelAdapter[EchoConfig, EchoItem, np.ndarray]):
                 delay = item.delay_seconds
             if item.fault:
                 faults.add(item.fault)
-        if not faults:
-            if delay > 0:  # (sleep(0) still yields the GIL and the core: ~0.1 ms on a busy machine)
-                time.sleep(delay)
-            return [item.array for item in items]
-        if delay > 0:
+        if delay > 0:  # (sleep(0) still yields the GIL and the core: ~0.1 ms on a busy machine)
             time.sleep(delay)
+        if not faults:
+            return [item.array for item in items]
         if echo_pb2.ECHO_FAULT_FATAL in faults:
             raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
         if echo_pb2.ECHO_FAULT_OUT_OF_MEMORY in faults:

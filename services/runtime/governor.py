@@ -166,7 +166,7 @@ def _check_on_host(results: list[Any]) -> None:
 
 # Results that cannot hold a tensor: the common ones are answered without looking further.
 _HOST_ONLY = (np.ndarray, np.generic, str, bytes, int, float, type(None))
-_HOST_TYPES = frozenset((np.ndarray, str, bytes, int, float, type(None)))  # exactly these: no lookup at all
+_HOST_TYPES = frozenset(_HOST_ONLY)  # a result of exactly one of these types needs no isinstance at all
 
 
 def _on_device(value: Any, depth: int = 0) -> bool:
