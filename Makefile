@@ -82,6 +82,7 @@ generate: setup
 bench: setup test-assets
 	$(PY) -m bench.runtime
 	$(PY) -m bench.hops
+	-$(PY) -m bench.instructions  # (needs valgrind; says so and goes on without it)
 	$(PY) -m bench.biomedclip
 	$(PY) -m bench.tapip3d
 	$(WILOR_PY) -m bench.wilor

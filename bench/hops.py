@@ -41,21 +41,22 @@ SIZES = {"1 KB": 1 << 10, "1 MB": 1 << 20, "10 MB": 10 << 20}
 GOALS = {("inline", "1 KB"): 1.2, ("shared memory", "1 MB"): 0.3, ("shared memory", "10 MB"): 0.1}
 # What the table cannot show by itself (measured apart on the same machine, in one process: see the report).
 NOTES = (
-    "Where the time goes (a serving echo process, 1 KB calls, sampled with py-spy and timed step by step with "
-    "perf_counter; a thread that just woke runs this Python 3-5x slower than a tight loop does): of the request "
-    "path over plain grpcio, the servicer's conversions took ~45 us, the model step ~45 us (lock, governor, the "
-    "no-op model), the call record ~30 us (request id, trailing metadata, the queued log line). Cut: handlers "
-    "wrapped once where a service is added instead of gRPC's interceptor pipeline per call; an idle model run "
-    "on the calling thread without a future; torch's inference-mode guard entered only by adapters that run "
-    "torch (~10 us per call; echo runs none); metric observations queued and applied in batches or when "
-    "metrics are read; a cached region mapping checked with one lstat (the lookup went from ~21 to ~4 us); one "
-    "read of an inline payload (each read of a bytes field copies it: two copies of 10 MB before). Earlier "
-    "cuts: request lines off the request thread, metric children looked up once, the size taken from the wire, "
-    "responses filled in place, no sleep(0) in the echo model. Shared memory moves the payload three times "
-    "(the caller into its region, the service's result into the output region, the caller out of it); between "
-    "two processes each copy runs at memory speed, slower than the memcpy row's warm copy. Reading in place "
-    "drops the third; a producer that builds its input in the region (`SharedMemoryClient.array`) drops the "
-    "first, which this bench cannot show since its payload is given."
+    "Where the time goes, in server instructions per 1 KB echo call (callgrind: `python -m bench.instructions`, "
+    "its section below): plain grpcio ~370k, modelyard inline ~525k, shared memory ~570k. Of the ~150k over "
+    "plain grpcio: the request line, formatted and written by its own thread (~45k; the JSON encoder alone "
+    "~25k), the servicer's conversions (~35k), the host and governor (~30k), the interceptor (~20k), metrics "
+    "(~15k), the trailing request id (~8k). A shared-memory call adds ~45k: the lstat that checks each cached "
+    "mapping (~5k each, two per call), the output region's writer and the result described in place. Cut so "
+    "far: handlers wrapped once where a service is added instead of gRPC's interceptor pipeline per call; an "
+    "idle model run on the calling thread without a future; torch's inference-mode guard entered only by "
+    "adapters that run torch; request lines written in batches by their thread, one encoder for all; "
+    "histograms counted by the runtime's own applier, observations applied in batches; a region mapped once "
+    "and checked with one lstat per use; one read of an inline payload (each read of a bytes field copies it). "
+    "Shared memory moves the payload three times (the caller into its region, the service's result into the "
+    "output region, the caller out of it); between two processes each copy runs at memory speed, slower than "
+    "the memcpy row's warm copy. Reading in place drops the third; a producer that builds its input in the "
+    "region (`SharedMemoryClient.array`) drops the first, which this bench cannot show since its payload is "
+    "given."
 )
 OPTIONS = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
 

@@ -218,8 +218,9 @@ class SharedRegion:
 
     def _map_fd(self, fd: int, size: int, writable: bool) -> None:
         self.size = size
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        self._map: mmap.mmap | None = mmap.mmap(fd, size, prot=prot) if size else None
+        # A read-only mapping exports a read-only buffer: every array viewed on it is read-only, no flag to set.
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        self._map: mmap.mmap | None = mmap.mmap(fd, size, access=access) if size else None
 
     @classmethod
     def create(cls, size: int, shm_dir: Path = SHM_DIR, prefix: str = "modelyard") -> SharedRegion:
@@ -253,7 +254,8 @@ class SharedRegion:
         end = offset + count * dtype.itemsize
         if self._map is None or end > self.size:
             raise InvalidInput(f"array of {end - offset} bytes at offset {offset} overruns region '{self.name}'")
-        return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
+        array = np.frombuffer(self._map, dtype, count, offset)  # (positional: keywords cost a lookup each)
+        return array if len(shape) == 1 else array.reshape(shape)
 
     @property
     def address(self) -> int:
@@ -264,8 +266,8 @@ class SharedRegion:
 
     def write(self, offset: int, array: np.ndarray) -> None:
         assert self._map is not None
-        target = np.frombuffer(self._map, dtype=array.dtype, count=array.size, offset=offset)
-        target[...] = array.reshape(-1)
+        target = np.frombuffer(self._map, array.dtype, array.size, offset)
+        target[...] = array if array.ndim == 1 else array.reshape(-1)
 
     def close(self) -> None:
         if self._map is not None:
@@ -299,15 +301,15 @@ def tensor_to_numpy(msg: types_pb2.Tensor, shm_dir: Path, what: str = "array") -
         array = np.frombuffer(data, dtype=dtype)  # (1-D already: the length was checked)
         return array if len(shape) == 1 else array.reshape(shape)
     if kind == "shared":
-        dtype = dtype_of(msg.shared.dtype)
-        shape = _shape(msg.shared.shape, what)
-        nbytes = math.prod(shape) * dtype.itemsize
-        region = MAPPED_REGIONS.get(shm_dir, msg.shared.region, writable=False, span=(int(msg.shared.offset), nbytes))
-        # Zero-copy and read-only: the caller's region stays untouched and is only read while the call lasts
-        # (the view keeps the mapping alive; results never alias it because outputs are written out).
-        view = region.view(msg.shared.offset, dtype, shape)
-        view.flags.writeable = False
-        return view
+        shared = msg.shared  # (each attribute read of a message builds a wrapper: read it once)
+        dtype = dtype_of(shared.dtype)
+        shape = _shape(shared.shape, what)
+        offset = shared.offset
+        region = MAPPED_REGIONS.get(shm_dir, shared.region, False, (offset, math.prod(shape) * dtype.itemsize))
+        # Zero-copy and read-only (a view of a read-only mapping): the caller's region stays untouched and is only
+        # read while the call lasts (the view keeps the mapping alive; results never alias it: outputs are
+        # written out).
+        return region.view(offset, dtype, shape)
     raise InvalidInput(f"{what}: empty Tensor; set `inline` or `shared`")
 
 
@@ -323,9 +325,7 @@ def numpy_to_tensor(
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     tensor = types_pb2.Tensor() if into is None else into
-    placed = out.place(array) if out is not None else None
-    if placed is not None:
-        tensor.shared.CopyFrom(placed)
+    if out is not None and out.place(array, tensor.shared):
         return tensor
     inline = tensor.inline
     inline.dtype = dtype_name(array.dtype)
@@ -338,23 +338,26 @@ class OutputWriter:
     """Places results in the caller's output region, one after another, 64-byte aligned."""
 
     def __init__(self, msg: types_pb2.OutputRegion, shm_dir: Path) -> None:
-        self._region = MAPPED_REGIONS.get(shm_dir, msg.region, writable=True, span=(int(msg.offset), 0))
-        self._cursor = int(msg.offset)
-        self._end = min(self._region.size, int(msg.offset) + int(msg.capacity or self._region.size))
+        offset, capacity = msg.offset, msg.capacity
+        self._region = MAPPED_REGIONS.get(shm_dir, msg.region, True, (offset, 0))
+        self._cursor = offset
+        self._end = min(self._region.size, offset + (capacity or self._region.size))
 
     @classmethod
     def optional(cls, msg: types_pb2.OutputRegion, shm_dir: Path) -> OutputWriter | None:
         return cls(msg, shm_dir) if msg.region else None
 
-    def place(self, array: np.ndarray) -> types_pb2.SharedArray | None:
+    def place(self, array: np.ndarray, into: types_pb2.SharedArray) -> bool:
+        """Write `array` into the region and describe it in `into` (a field of the message being built); False,
+        with `into` untouched, when it does not fit or is empty (it then travels inline)."""
         start = (self._cursor + 63) // 64 * 64
-        if array.nbytes == 0 or start + array.nbytes > self._end:  # (nothing to place: it travels inline)
-            return None
+        if array.nbytes == 0 or start + array.nbytes > self._end:
+            return False
         self._region.write(start, array)
         self._cursor = start + array.nbytes
-        return types_pb2.SharedArray(
-            region=self._region.name, offset=start, dtype=dtype_name(array.dtype), shape=array.shape
-        )
+        into.region, into.offset, into.dtype = self._region.name, start, dtype_name(array.dtype)
+        into.shape[:] = array.shape
+        return True
 
     def close(self) -> None:
         """Done writing (the mapping stays in MAPPED_REGIONS for the caller's next call)."""

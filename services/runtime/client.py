@@ -249,11 +249,11 @@ class SharedMemoryClient:
 
     def _placed(self, array: np.ndarray) -> tuple[SharedRegion | None, int]:
         """The region of this thread's current call the array lies in, and its offset there (None, 0 if none)."""
-        start = array.__array_interface__["data"][0]
         with self._lock:
             call = self._calls.get(threading.get_ident())
-            if call is None or call.read:  # (a finished call's regions may be handed to another call)
+            if call is None or call.read or not call.regions:  # (a finished call's may be in another call)
                 return None, 0
+            start = array.__array_interface__["data"][0]
             for region in call.regions:
                 base = self._addresses[region.name]
                 if base <= start and start + array.nbytes <= base + region.size:

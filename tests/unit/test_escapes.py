@@ -118,6 +118,32 @@ def test_input_regions_are_mapped_read_only(shm: Path) -> None:
             view.flags.writeable = True
 
 
+def test_every_view_of_a_read_only_mapping_is_read_only(shm: Path) -> None:
+    # (the service's input views rely on it: a write to pages mapped without write access would crash it)
+    with SharedRegion.create(64, shm) as region:
+        attached = SharedRegion.attach(shm, region.name)
+        try:
+            for shape in ((64,), (4, 16)):
+                view = attached.view(0, np.dtype("uint8"), shape)
+                assert not view.flags.writeable
+                with pytest.raises(ValueError):
+                    view.flags.writeable = True
+                with pytest.raises(ValueError):
+                    view[0] = 1
+        finally:
+            attached.close()
+
+
+def test_a_result_that_does_not_fit_the_callers_region_travels_inline(shm: Path) -> None:
+    with SharedRegion.create(64, shm) as region:
+        writer = OutputWriter(types_pb2.OutputRegion(region=region.name), shm)
+        small = numpy_to_tensor(np.arange(4, dtype=np.int32), writer)
+        large = numpy_to_tensor(np.arange(100, dtype=np.int32), writer)
+        assert small.WhichOneof("payload") == "shared" and large.WhichOneof("payload") == "inline"
+        assert not large.HasField("shared")
+        assert tensor_to_numpy(large, shm).tolist() == list(range(100))
+
+
 def test_results_still_go_into_a_callers_own_region(shm: Path) -> None:
     with SharedRegion.create(4096, shm) as region:
         writer = OutputWriter(types_pb2.OutputRegion(region=region.name), shm)
