@@ -251,7 +251,8 @@ class SharedMemoryClient:
         """The region of this thread's current call the array lies in, and its offset there (None, 0 if none)."""
         with self._lock:
             call = self._calls.get(threading.get_ident())
-            if call is None or call.read or not call.regions:  # (a finished call's may be in another call)
+            # (a finished call's regions may already be another call's; a call that holds none holds no array)
+            if call is None or call.read or not call.regions:
                 return None, 0
             start = array.__array_interface__["data"][0]
             for region in call.regions:
