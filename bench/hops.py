@@ -74,6 +74,30 @@ def serve_plain(port: int) -> None:
     server.wait_for_termination()
 
 
+def plain_server_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "bench.hops", "--plain-server", str(port)]
+
+
+def echo_config(folder: Path) -> Path:
+    """The echo service's config for the benches of one hop: CPU, messages up to 64 MB, one call per batch."""
+    config = folder / "echo.yaml"
+    config.write_text(
+        yaml.safe_dump({"model": {}, "runtime": {"device": "cpu", "max_message_mb": 64, "max_batch_size": 1}})
+    )
+    return config
+
+
+def add_compare_option(parser: argparse.ArgumentParser, measured: str) -> None:
+    """`--compare PYTHONPATH LABEL`: also measure another version of modelyard's echo service."""
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("PYTHONPATH", "LABEL"),
+        help=f"also {measured} the echo service of the modelyard found on PYTHONPATH (e.g. the code before a "
+        "change), labelled LABEL in the table; this client talks to it",
+    )
+
+
 def p50_ms(samples_s: list[float]) -> float:
     return statistics.median(samples_s) * 1000
 
@@ -109,16 +133,13 @@ def measure(
     """p50 ms per (path, payload), the median over `rounds` and `servers`; and the 1-minute load average at the
     end. With `compare` (a PYTHONPATH whose modelyard is another version, e.g. the code before a change), that
     version's echo service is measured in the same turns."""
-    config = folder / "echo.yaml"
-    config.write_text(
-        yaml.safe_dump({"model": {}, "runtime": {"device": "cpu", "max_message_mb": 64, "max_batch_size": 1}})
-    )
+    config = echo_config(folder)
     root = Path(__file__).resolve().parent.parent
     samples: dict[tuple[str, str], list[float]] = {}
     with contextlib.ExitStack() as stack:
         plain_ports = [free_port() for _ in range(servers)]
         for port in plain_ports:
-            process = subprocess.Popen([sys.executable, "-m", "bench.hops", "--plain-server", str(port)], cwd=root)
+            process = subprocess.Popen(plain_server_command(port), cwd=root)
             stack.callback(process.wait, 10)
             stack.callback(process.terminate)
         kinds: dict[str, dict[str, str]] = {"modelyard": {}}
@@ -223,13 +244,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds, the paths taking turns in each")
     parser.add_argument("--servers", type=int, default=3, help="server processes of each kind")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    parser.add_argument(
-        "--compare",
-        nargs=2,
-        metavar=("PYTHONPATH", "LABEL"),
-        help="also measure the echo service of the modelyard found on PYTHONPATH (e.g. the code before a change), "
-        "labelled LABEL in the table; this client talks to it",
-    )
+    add_compare_option(parser, "measure")
     parser.add_argument("--plain-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:

@@ -29,13 +29,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import yaml
 
-from bench.hops import OPTIONS, Peer
+from bench.hops import OPTIONS, Peer, add_compare_option, echo_config, plain_server_command
 from bench.report import machine, table, write_section
 from modelyard.runtime.arrays import numpy_to_tensor
 from modelyard.runtime.client import wait_until_serving
-from modelyard.runtime.launch import free_port
+from modelyard.runtime.launch import LocalService, free_port
 from modelyard.v1 import echo_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,23 +45,21 @@ class CountedServer:
     """A server process under callgrind, and the counters it dumps on demand."""
 
     def __init__(
-        self, stack: contextlib.ExitStack, folder: Path, label: str, args: list[str], env: dict[str, str] | None = None
+        self, stack: contextlib.ExitStack, folder: Path, label: str, command: list[str], port: int, env: dict[str, str]
     ) -> None:
         self.folder, self.label = folder, label
-        self.port = free_port()
         out = folder / f"{label}.%p.callgrind"
-        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, *args]
         log = stack.enter_context((folder / f"{label}.log").open("ab"))
         self.process = subprocess.Popen(
-            [part.replace("{port}", str(self.port)) for part in command],
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
             cwd=ROOT,
             stdout=log,
             stderr=log,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **env},
         )
         stack.callback(self.process.wait, 60)
         stack.callback(self.process.terminate)
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{port}"
 
     def control(self, flag: str) -> None:
         subprocess.run(["callgrind_control", flag, str(self.process.pid)], check=True, capture_output=True)
@@ -89,20 +86,18 @@ class CountedServer:
 def measure(folder: Path, calls: int, warmup: int, compare: tuple[str, str] | None = None) -> dict[str, float]:
     """Instructions per call of each path. With `compare` (a PYTHONPATH whose modelyard is another version, and
     its label), that version's echo service is counted too, with this client."""
-    config = folder / "echo.yaml"
-    config.write_text(
-        yaml.safe_dump({"model": {}, "runtime": {"device": "cpu", "max_message_mb": 64, "max_batch_size": 1}})
-    )
+    config = echo_config(folder)
     array = np.random.default_rng(0).integers(0, 255, PAYLOAD_BYTES, dtype=np.uint8)
     message = echo_pb2.EchoRequest(array=numpy_to_tensor(array))
     results: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
-        plain = CountedServer(stack, folder, "plain", ["-m", "bench.hops", "--plain-server", "{port}"])
-        serve = ["-m", "modelyard.runtime.cli", "serve", "echo", "--config", str(config), "--port", "{port}",
-                 "--bind", "127.0.0.1"]  # fmt: skip
-        services = {"modelyard": CountedServer(stack, folder, "modelyard", serve)}
-        if compare:
-            services[compare[1]] = CountedServer(stack, folder, "compared", serve, {"PYTHONPATH": compare[0]})
+        port = free_port()
+        plain = CountedServer(stack, folder, "plain", plain_server_command(port), port, {})
+        versions = {"modelyard": {}, **({compare[1]: {"PYTHONPATH": compare[0]}} if compare else {})}
+        services = {}
+        for index, (label, env) in enumerate(versions.items()):
+            echo = LocalService("echo", config)  # (its command line, run here under valgrind)
+            services[label] = CountedServer(stack, folder, f"echo-{index}", echo.command(), echo.port, env)
         for service in services.values():  # (under valgrind a server starts 20-50x slower: torch's import)
             with grpc.insecure_channel(service.address, options=OPTIONS) as channel:
                 wait_until_serving(channel, timeout=1200)
@@ -150,13 +145,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="calls counted per path")
     parser.add_argument("--warmup", type=int, default=100, help="calls before counting")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    parser.add_argument(
-        "--compare",
-        nargs=2,
-        metavar=("PYTHONPATH", "LABEL"),
-        help="also count the echo service of the modelyard found on PYTHONPATH (e.g. the code before a change), "
-        "labelled LABEL in the table",
-    )
+    add_compare_option(parser, "count")
     args = parser.parse_args()
     missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
     if missing:

@@ -70,11 +70,16 @@ class LocalService:
         self.process: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
 
-    def start(self) -> LocalService:
+    def command(self) -> list[str]:
+        """The command line `start` runs (a tool that wraps a process, e.g. a profiler, prefixes its own)."""
         cmd = [self.python, "-m", "modelyard.runtime.cli", "serve", self.name, "--config", str(self.config),
                "--port", str(self.port), "--bind", "127.0.0.1"]  # fmt: skip
         if self.metrics_port:
             cmd += ["--metrics-port", str(self.metrics_port)]
+        return cmd
+
+    def start(self) -> LocalService:
+        cmd = self.command()
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
