@@ -249,7 +249,7 @@ class SharedRegion:
             os.close(fd)
         return region
 
-    def view(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    def view(self, offset: int, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
         count = math.prod(shape)
         end = offset + count * dtype.itemsize
         if self._map is None or end > self.size:

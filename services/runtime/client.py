@@ -141,6 +141,9 @@ class SharedMemoryClient:
     does so at once). To skip the copies, fill inputs where they will travel (`array`) and read results in place
     (`read(..., copy=False)`).
     Each region is only ever in one call, so concurrent threads and several arrays per request never share one.
+    An input that many calls send unchanged is kept instead (`array(..., keep=True)`, Triton's registered input
+    region, written once): its region stays out of the pool, and every call names it without a copy, until
+    `discard`.
     The pool grows as needed (sizes rounded up to a power of two, at least 1 MiB) to at most `max_bytes`;
     beyond that, free regions are unlinked to make room, and when the regions in use alone would pass it the
     array travels inline instead. This client owns its regions: `close` (or the end of the process) unlinks
@@ -164,6 +167,7 @@ class SharedMemoryClient:
         self._addresses: dict[str, int] = {}  # where each is mapped here (to tell an `array` handed out)
         self._free: list[SharedRegion] = []
         self._calls: dict[int, _CallRegions] = {}  # thread id -> the regions of its current call
+        self._kept: dict[str, SharedRegion] = {}  # regions of kept arrays, out of the pool until discarded
         # Unlinks what is left if close() is never called (the client is collected, or the process ends).
         self._finalizer = weakref.finalize(self, _close_regions, self._regions)
         if shm_dir.is_dir():
@@ -189,18 +193,22 @@ class SharedMemoryClient:
         with self._lock:
             return list(self._regions)
 
-    def _lease(self, size: int) -> SharedRegion | None:
-        """A region of at least `size` bytes for this thread's current call; None when the pool is full."""
+    def _lease(self, size: int, keep: bool = False) -> SharedRegion | None:
+        """A region of at least `size` bytes for this thread's current call (or kept, with `keep`); None when the
+        pool is full."""
+        thread = threading.get_ident()
         with self._lock:
-            call = self._calls.get(threading.get_ident())
+            call = self._calls.get(thread)
             if call is None:
-                call = self._calls[threading.get_ident()] = _CallRegions()
+                call = self._calls[thread] = _CallRegions()
             if call.read:  # the previous call's result was read: its regions are free again
                 self._free.extend(call.regions)
                 call.regions, call.read = [], False
-            fitting = [r for r in self._free if r.size >= size]
-            if fitting:
-                region = min(fitting, key=lambda r: r.size)
+            region = None  # the smallest free region that fits (a loop: a few regions, once per array per call)
+            for free in self._free:
+                if free.size >= size and (region is None or free.size < region.size):
+                    region = free
+            if region is not None:
                 self._free.remove(region)
             else:
                 wanted = max(self.MIN_REGION_BYTES, 1 << max(0, size - 1).bit_length())
@@ -212,20 +220,36 @@ class SharedMemoryClient:
                     return None
                 region = SharedRegion.create(wanted, self._shm_dir)
                 self._regions[region.name], self._addresses[region.name] = region, region.address
-            call.regions.append(region)
+            if keep:
+                self._kept[region.name] = region
+            else:
+                call.regions.append(region)
             return region
 
-    def array(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
+    def array(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.uint8, keep: bool = False) -> np.ndarray:
         """A writable array in a region of this thread's current call, to fill in place: `tensor` of it (or of a
         contiguous part of it) then names the region without copying, as Triton's clients build their inputs in
         registered regions. It holds its contents until this thread's next call begins (after the result was
-        read). An ordinary array when shared memory is off or the pool is full (`tensor` then copies it)."""
+        read). With `keep`, the array's region is its own instead, for an input that many calls send: it keeps
+        its contents, and any thread's `tensor` of it names it, until `discard` (or `close`). An ordinary array
+        when shared memory is off or the pool is full (`tensor` then copies it)."""
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
         kind = np.dtype(dtype)
-        region = self._lease(math.prod(dims) * kind.itemsize) if self.enabled else None
+        region = self._lease(math.prod(dims) * kind.itemsize, keep) if self.enabled else None
         if region is None:
             return np.empty(dims, kind)
         return region.view(0, kind, dims)
+
+    def discard(self, kept: np.ndarray) -> None:
+        """Return the region of an array from `array(..., keep=True)` to the pool (its contents may then change at
+        any call). Nothing happens for an array in no kept region."""
+        start = kept.__array_interface__["data"][0]
+        with self._lock:
+            for name, region in self._kept.items():
+                if self._addresses[name] <= start < self._addresses[name] + region.size:
+                    del self._kept[name]
+                    self._free.append(region)
+                    return
 
     def tensor(self, array: np.ndarray) -> types_pb2.Tensor:
         """The array as a Tensor: in a region of the pool when enabled (named where it lies when it is in one
@@ -248,14 +272,16 @@ class SharedMemoryClient:
         return tensor
 
     def _placed(self, array: np.ndarray) -> tuple[SharedRegion | None, int]:
-        """The region of this thread's current call the array lies in, and its offset there (None, 0 if none)."""
+        """The region of this thread's current call or the kept region the array lies in, and its offset there
+        (None, 0 if none)."""
         with self._lock:
             call = self._calls.get(threading.get_ident())
             # (a finished call's regions may already be another call's; a call that holds none holds no array)
-            if call is None or call.read or not call.regions:
+            held = call.regions if call is not None and not call.read else []
+            if not held and not self._kept:
                 return None, 0
             start = array.__array_interface__["data"][0]
-            for region in call.regions:
+            for region in (*held, *self._kept.values()):
                 base = self._addresses[region.name]
                 if base <= start and start + array.nbytes <= base + region.size:
                     return region, start - base
@@ -273,17 +299,17 @@ class SharedMemoryClient:
         `tensor` or `output_region` reuses the call's regions. With copy=False the array is a read-only view of
         the region, as Triton's shared-memory client returns results: no copy, but it holds the result only until
         this thread's next `tensor` or `output_region` (copy what must outlive that)."""
-        shared = msg.shared if msg.WhichOneof("payload") == "shared" else None
-        with self._lock:
-            call = self._calls.get(threading.get_ident())
-            if call is not None:
-                call.read = True
-            region = self._regions.get(shared.region) if shared is not None else None
-        if shared is None:
+        call = self._calls.get(threading.get_ident())  # (only this thread adds or removes its own entry)
+        if call is not None:
+            call.read = True
+        if not msg.HasField("shared"):
             return tensor_to_numpy(msg, self._shm_dir)
+        shared = msg.shared  # (each read of a message field builds a wrapper: read once)
+        name = shared.region
+        region = self._regions.get(name)
         if region is None:
-            raise ValueError(f"the result names region '{shared.region}', which this client did not offer")
-        view = region.view(shared.offset, dtype_of(shared.dtype), tuple(shared.shape))
+            raise ValueError(f"the result names region '{name}', which this client did not offer")
+        view = region.view(shared.offset, dtype_of(shared.dtype), shared.shape[:])
         if copy:
             return view.copy()
         view.flags.writeable = False
@@ -301,6 +327,7 @@ class SharedMemoryClient:
         with self._lock:
             self._free.clear()
             self._calls.clear()
+            self._kept.clear()
             self._addresses.clear()
             _close_regions(self._regions)
 

@@ -99,6 +99,33 @@ def test_an_input_filled_in_place_travels_without_a_copy(shm: Path) -> None:
         assert np.array_equal(result, np.tile(np.arange(50, dtype=np.uint8), (20, 1)))
 
 
+def test_a_kept_input_is_sent_by_every_call_without_a_copy_and_never_lent_to_another(shm: Path) -> None:
+    peer = LocalPeer(shm)
+    with SharedMemoryClient(peer.info, shm) as client:
+        kept = client.array(1000, np.uint8, keep=True)
+        kept[:] = np.arange(1000) % 251
+        home = client.regions[0]
+        for value in range(3):
+            other = client.tensor(np.full(10, value, np.uint8))  # a per-call input beside the kept one
+            tensor, output = client.tensor(kept), client.output_region(kept.nbytes)
+            assert (tensor.shared.region, tensor.shared.offset) == (home, 0)
+            assert home not in (other.shared.region, output.region)
+            assert np.array_equal(client.read(peer.echo(tensor, output)), np.arange(1000) % 251)
+        assert len(client.regions) == 3  # the kept region, and the two the calls reused
+
+        seen: list[str] = []  # any thread's call names it too
+        worker = threading.Thread(target=lambda: seen.append(client.tensor(kept[10:20]).shared.region))
+        worker.start()
+        worker.join()
+        assert seen == [home]
+
+        client.discard(kept)  # back to the pool: the next call's three inputs take the three regions
+        client.release()
+        lent = {client.tensor(np.zeros(10, np.uint8)).shared.region for _ in range(3)}
+        assert home in lent and len(client.regions) == 3
+    assert list(shm.iterdir()) == []
+
+
 def test_without_shared_memory_an_array_to_fill_is_an_ordinary_one(shm: Path) -> None:
     with SharedMemoryClient(lambda request: types_pb2.ModelInfo(shared_memory_ok=False), shm) as client:
         frame = client.array((2, 3), np.float32)
