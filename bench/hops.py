@@ -246,6 +246,8 @@ def report(
         ],
         goal_rows,
     )
+    kept_mb, plain_kb = results[(f"modelyard {KEPT}", "1 MB")], results[("plain grpcio", "1 KB")]
+    goal_mb = GOALS[("shared memory", "1 MB")]
     busy = load[0] > 0.5 * (os.cpu_count() or 1)  # (before: the servers' own work raises it by the end)
     return (
         f"Machine: {machine()}; load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after"
@@ -271,14 +273,12 @@ def report(
         + "\n\n"
         + NOTES
         + FIXED_COST.format(
-            mb=results[(f"modelyard {KEPT}", "1 MB")],
-            to_plain=results[(f"modelyard {KEPT}", "1 MB")] / results[("plain grpcio", "1 KB")],
-            over_kb=results[(f"modelyard {KEPT}", "1 MB")] - results[(f"modelyard {KEPT}", "1 KB")],
-            plain_growth=results[("plain grpcio", "1 MB")] / results[("plain grpcio", "1 KB")],
-            goal=GOALS[("shared memory", "1 MB")],
-            needed=results[(f"modelyard {KEPT}", "1 MB")]
-            / results[("plain grpcio", "1 KB")]
-            / GOALS[("shared memory", "1 MB")],
+            mb=kept_mb,
+            to_plain=kept_mb / plain_kb,
+            over_kb=kept_mb - results[(f"modelyard {KEPT}", "1 KB")],
+            plain_growth=results[("plain grpcio", "1 MB")] / plain_kb,
+            goal=goal_mb,
+            needed=kept_mb / plain_kb / goal_mb,
         )
     )
 
