@@ -36,7 +36,7 @@ import yaml
 from PIL import Image
 
 from bench.report import machine, table, write_section
-from bench.tiny_stack import TOP_K, tiny_models, tiny_stack
+from bench.tiny_stack import TOP_K, child_environment, tiny_models, tiny_stack
 from modelyard.biomedclip.boxes import localize, to_grey
 from modelyard.biomedclip.config import BiomedCLIPConfig
 from modelyard.biomedclip.model import BiomedCLIPAdapter, Heatmap, HeatmapItem
@@ -163,21 +163,14 @@ def two_at_once(models: dict[str, dict], tables: tuple[Path, Path, Path], out: P
     later one finished."""
     spawn = multiprocessing.get_context("spawn")
     start, results = spawn.Barrier(3), spawn.Queue()
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update(dict.fromkeys(saved, "1"))  # read by the children's BLAS when they import numpy
-    try:
-        workers = [
-            spawn.Process(target=_half, args=(models, (tables[0], half), out / f"half{index}", start, results))
-            for index, half in enumerate(tables[1:])
-        ]
+    workers = [
+        spawn.Process(target=_half, args=(models, (tables[0], half), out / f"half{index}", start, results))
+        for index, half in enumerate(tables[1:])
+    ]
+    # (read by the children's BLAS when they import numpy)
+    with child_environment(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1"):
         for worker in workers:
             worker.start()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     start.wait(timeout=300)
     started = time.perf_counter()
     for _ in workers:

@@ -41,6 +41,21 @@ def tiny_models(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 @contextmanager
+def child_environment(**variables: str) -> Iterator[None]:
+    """`variables` set in os.environ while processes started inside inherit them; restored after."""
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def tiny_stack(
     folder: Path, data_root: Path, runtime: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None
 ) -> Iterator[dict[str, Process]]:
@@ -55,16 +70,8 @@ def tiny_stack(
         )
         for name, model in models.items()
     }
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update(OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS)  # inherited by the service processes
-    try:
+    with child_environment(OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS):  # inherited by the services
         stack = up(configs, data_root, folder / "state", gateway_settings=gateway)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     try:
         yield stack
     finally:
